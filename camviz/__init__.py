@@ -1,0 +1,36 @@
+"""camviz: class activation maps, their units and weakly supervised boxes for GAP networks.
+
+Example:
+    >>> import camviz
+    >>> net = camviz.load_model("resnet18", weights=None)
+    >>> res = net.run(torch.rand(1, 3, 224, 224))  # doctest: +SKIP
+    >>> res.cams(size="input").shape  # doctest: +SKIP
+    torch.Size([1, 1, 224, 224])
+"""
+
+from __future__ import annotations
+
+# --- core ---
+from camviz.errors import (
+    CamvizError,
+    DatasetError,
+    ImageError,
+    NotAGapNetwork,
+    NotExact,
+    UnknownModel,
+    UnsafePath,
+    WeightsUnavailable,
+)
+from camviz.gapnet import GapNet, load_model, register_model, resolve_device
+from camviz.images import Preprocess, load_image
+from camviz.result import CamResult, TopK, Units
+
+# --- localization ---
+
+# --- units ---
+
+# --- demo ---
+
+# --- widgets ---
+
+__version__ = "0.1.0"

@@ -1,0 +1,257 @@
+"""Image files in, network tensors out, and back to pixels for display.
+
+Example:
+    >>> from camviz.images import Preprocess
+    >>> prep = Preprocess(resize=256, crop=224)
+    >>> prep.crop
+    (224, 224)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camviz.errors import ImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+def _pair(v: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without clipping 16-bit data or dropping alpha badly.
+
+    Transparent pixels are composited on white; 16- and 32-bit images are scaled, not clipped.
+
+    Example:
+        >>> to_rgb(Image.new("L", (4, 4))).mode
+        'RGB'
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F":
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        else:
+            arr = arr / top * 255.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image file as 8-bit RGB, or raise :class:`ImageError` saying what is wrong.
+
+    Example:
+        >>> load_image("missing.png")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.ImageError: image file not found: missing.png
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image file not found: {p}")
+    if not p.is_file():
+        raise ImageError(f"not a file: {p} (give image files, or a folder to the command line)")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            rgb = to_rgb(img)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise ImageError(f"not a readable image: {p} ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"corrupt or truncated image: {p} ({err})") from err
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageError(f"empty image: {p}")
+    return rgb
+
+
+def list_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image paths.
+
+    Files are kept whatever their suffix (so a bad file is reported, not silently dropped);
+    folders contribute files with an image suffix.
+
+    Example:
+        >>> list_images([])
+        []
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                raise ImageError(f"no images in folder {p} (looked for {sorted(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def to_array(img: ImageLike) -> np.ndarray:
+    """Any image-like (path, PIL, HxW or HxWxC array) as uint8 RGB (H, W, 3).
+
+    Example:
+        >>> to_array(np.zeros((2, 3))).shape
+        (2, 3, 3)
+    """
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img)
+    if isinstance(img, Image.Image):
+        return np.asarray(to_rgb(img))
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected an image array (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return np.asarray(to_rgb(Image.fromarray(_as_uint8(arr), "RGBA")))
+    return _as_uint8(arr)
+
+
+def _as_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return np.rint(arr / 257.0).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError("image array contains NaN or infinity")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageError("float image arrays must lie in [0, 1]")
+        return np.rint(arr * 255).astype(np.uint8)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    raise ImageError(f"unsupported image array dtype {arr.dtype}")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize (shorter side), centre crop, scale to [0, 1] and normalise — invertible for display.
+
+    ``resize`` is the shorter side (int) or an exact (H, W); ``crop`` a centre crop (H, W).
+    Either may be None. Built from a torchvision weights transform with :meth:`from_torchvision`.
+
+    Example:
+        >>> prep = Preprocess(resize=8, crop=None)
+        >>> prep(Image.new("RGB", (16, 8))).shape
+        torch.Size([3, 8, 16])
+    """
+
+    resize: int | tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop", _pair(self.crop))
+        if self.resize is not None and not isinstance(self.resize, int):
+            object.__setattr__(self, "resize", _pair(self.resize))
+
+    @classmethod
+    def from_torchvision(cls, tf: Any) -> Preprocess:
+        """Read sizes, mean, std and interpolation from torchvision's ImageClassification preset.
+
+        Example:
+            >>> from torchvision.models import ResNet18_Weights
+            >>> Preprocess.from_torchvision(ResNet18_Weights.DEFAULT.transforms()).crop
+            (224, 224)
+        """
+        resize = list(getattr(tf, "resize_size", []) or [])
+        crop = list(getattr(tf, "crop_size", []) or [])
+        interp = getattr(tf, "interpolation", "bilinear")
+        return cls(
+            resize=resize[0] if len(resize) == 1 else (tuple(resize) if resize else None),
+            crop=tuple(crop) if crop else None,
+            mean=tuple(float(m) for m in tf.mean),
+            std=tuple(float(s) for s in tf.std),
+            interpolation=getattr(interp, "value", str(interp)).lower(),
+        )
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(H, W) of every output when fixed by the crop or an exact resize, else None."""
+        if self.crop is not None:
+            return self.crop
+        return self.resize if isinstance(self.resize, tuple) else None
+
+    def __call__(self, img: ImageLike) -> torch.Tensor:
+        """Turn one image-like into a normalised float tensor (3, H, W)."""
+        arr = to_array(img)
+        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+        x = self.geometry(x)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply only the resize and crop to a (C, H, W) float tensor."""
+        h, w = x.shape[-2:]
+        if self.resize is not None:
+            if isinstance(self.resize, int):
+                s = self.resize
+                size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
+            else:
+                size = self.resize
+            if size != (h, w):
+                mode = "bicubic" if self.interpolation == "bicubic" else "bilinear"
+                x = F.interpolate(
+                    x[None], size=size, mode=mode, align_corners=False, antialias=True
+                )[0].clamp_(0, 1)
+        if self.crop is not None:
+            ch, cw = self.crop
+            h, w = x.shape[-2:]
+            if ch > h or cw > w:
+                raise ImageError(
+                    f"image of {h}x{w} after resizing is smaller than the {ch}x{cw} crop"
+                )
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            x = x[..., top : top + ch, left : left + cw]
+        return x
+
+    def denormalize(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised tensor (3, H, W) or (B, 3, H, W) back to uint8 (H, W, 3) / (B, H, W, 3).
+
+        Example:
+            >>> prep = Preprocess()
+            >>> prep.denormalize(prep(np.full((4, 4, 3), 200, np.uint8)))[0, 0].tolist()
+            [200, 200, 200]
+        """
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        pix = (x.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return pix.movedim(-3, -1).cpu().numpy()

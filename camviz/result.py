@@ -1,0 +1,323 @@
+"""The result of one pass: logits, top-k, class maps and their unit decomposition, all lazy.
+
+A :class:`CamResult` keeps the last conv features F (B, K, h, w) on the device with the head
+(W, b); every map, unit ranking and score is derived from them, so changing a class, a
+threshold or a unit never runs the network again.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from camviz.gapnet import GapNet
+    >>> net = GapNet(nn.Conv2d(3, 6, 1), nn.Linear(6, 4), device="cpu")
+    >>> res = net.run(torch.rand(2, 3, 8, 8))
+    >>> res.cams([0, 2], size=16, normalize=True).shape
+    torch.Size([2, 2, 16, 16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from camviz.errors import CamvizError
+from camviz.images import Preprocess
+
+Tensor = torch.Tensor
+ClassSpec = int | Sequence[int] | Tensor | None
+SizeSpec = int | tuple[int, int] | str | None
+
+
+class TopK(NamedTuple):
+    """Top-k classes of each image: probabilities, indices (both (B, k)) and names."""
+
+    probs: Tensor
+    indices: Tensor
+    names: list[list[str]]
+
+
+@dataclass
+class Units:
+    """The top-k units of one class per image (all tensors (B, k), maps (B, k, h, w)).
+
+    ``contributions`` are w_ck * pool(f_k); over all K units they sum to ``logit - bias``
+    (``total``). ``share`` is each unit's contribution over that total.
+    """
+
+    cls: Tensor
+    ids: Tensor
+    weights: Tensor
+    contributions: Tensor
+    maps: Tensor
+    total: Tensor
+    bias: Tensor
+
+    @property
+    def share(self) -> Tensor:
+        """Each unit's contribution as a fraction of logit - bias (B, k)."""
+        return self.contributions / self.total[:, None]
+
+    @property
+    def logit(self) -> Tensor:
+        """The class logit per image (B,): total + bias."""
+        return self.total + self.bias
+
+
+def min_max(maps: Tensor) -> Tensor:
+    """Min-max normalise each (h, w) map of a (..., h, w) tensor to [0, 1].
+
+    A constant map, or one containing NaN, becomes all zeros (the WSOL reference's rule).
+
+    Example:
+        >>> min_max(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
+        [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    hi = flat.amax(-1, keepdim=True)
+    span = hi - lo
+    bad = (span <= 0) | torch.isnan(flat).any(-1, keepdim=True) | ~torch.isfinite(span)
+    out = (flat - lo) / torch.where(bad, torch.ones_like(span), span)
+    out = torch.where(bad, torch.zeros_like(out), out)
+    return out.view_as(maps)
+
+
+@dataclass
+class CamResult:
+    """One forward pass. Built by :meth:`camviz.GapNet.run`; cheap to query, never re-runs.
+
+    Example:
+        >>> from camviz.gapnet import GapNet
+        >>> from torch import nn
+        >>> res = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 3), device="cpu").run(
+        ...     torch.rand(1, 3, 8, 8))
+        >>> res.topk(2).indices.shape
+        torch.Size([1, 2])
+    """
+
+    logits: Tensor
+    features: Tensor
+    weight: Tensor
+    bias: Tensor
+    pool: str
+    classes: list[str]
+    inputs: Tensor | None = None
+    transform: Preprocess | None = None
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    @property
+    def probs(self) -> Tensor:
+        """Softmax of the logits (B, C)."""
+        return self.logits.softmax(dim=1)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) of the network input (falls back to the feature size when unknown)."""
+        if self.inputs is not None:
+            return (int(self.inputs.shape[-2]), int(self.inputs.shape[-1]))
+        return (int(self.features.shape[-2]), int(self.features.shape[-1]))
+
+    def topk(self, k: int = 5) -> TopK:
+        """The k most probable classes of each image.
+
+        Example:
+            >>> res = CamResult(torch.tensor([[0.0, 2.0, 1.0]]), torch.zeros(1, 1, 1, 1),
+            ...                 torch.zeros(3, 1), torch.zeros(3), "avg", ["a", "b", "c"])
+            >>> res.topk(2).names
+            [['b', 'c']]
+        """
+        k = min(int(k), self.logits.shape[1])
+        probs, idx = self.probs.topk(k, dim=1)
+        names = [[self.classes[i] for i in row] for row in idx.tolist()]
+        return TopK(probs, idx, names)
+
+    def class_index(self, classes: ClassSpec = None) -> Tensor:
+        """Resolve a class spec to a LongTensor (B, n) on the device.
+
+        None: top-1 of each image; int: that class for all; list of ints: the same list for
+        every image; LongTensor (B,) or (B, n): per image.
+
+        Example:
+            >>> res = CamResult(torch.zeros(2, 3), torch.zeros(2, 1, 1, 1), torch.zeros(3, 1),
+            ...                 torch.zeros(3), "avg", ["a", "b", "c"])
+            >>> res.class_index([0, 2]).tolist()
+            [[0, 2], [0, 2]]
+        """
+        b, c = self.logits.shape
+        if classes is None:
+            idx = self.logits.argmax(dim=1, keepdim=True)
+        elif isinstance(classes, Tensor):
+            idx = classes.to(self.device, torch.long)
+            if idx.ndim == 0:
+                idx = idx.expand(b)[:, None]
+            elif idx.ndim == 1:
+                if idx.shape[0] != b:
+                    raise CamvizError(
+                        f"a 1-d class tensor gives one class per image: expected {b}, got "
+                        f"{idx.shape[0]} (use a list for the same classes in every image)"
+                    )
+                idx = idx[:, None]
+            elif idx.ndim != 2 or idx.shape[0] != b:
+                raise CamvizError(f"class tensor must be (B,) or (B, n) with B={b}, got "
+                                  f"{tuple(idx.shape)}")
+        elif isinstance(classes, (int, np.integer)):
+            idx = torch.full((b, 1), int(classes), device=self.device, dtype=torch.long)
+        else:
+            lst = [int(i) for i in classes]
+            if not lst:
+                raise CamvizError("empty class list")
+            idx = torch.tensor(lst, device=self.device, dtype=torch.long)[None].expand(b, -1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= c):
+            raise CamvizError(f"class index out of range 0..{c - 1}: {idx.tolist()}")
+        return idx
+
+    def _size(self, size: SizeSpec) -> tuple[int, int] | None:
+        if size is None:
+            return None
+        if size == "input":
+            return self.input_size
+        if isinstance(size, str):
+            raise CamvizError(f"size must be None, an int, (H, W) or 'input', got {size!r}")
+        if isinstance(size, int):
+            return (size, size)
+        return (int(size[0]), int(size[1]))
+
+    def cams(
+        self, classes: ClassSpec = None, size: SizeSpec = None, normalize: bool = False
+    ) -> Tensor:
+        """Class activation maps sum_k W_ck F_k (no bias): (B, n, h, w), or (B, n, H, W).
+
+        ``size`` upsamples bilinearly (int, (H, W), or "input" for the network input size);
+        ``normalize`` min-max normalises each map after upsampling.
+
+        Example:
+            >>> from camviz.gapnet import GapNet
+            >>> from torch import nn
+            >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 3), device="cpu")
+            >>> res = net.run(torch.rand(2, 3, 8, 8))
+            >>> raw = res.cams(torch.tensor([1, 2]))
+            >>> torch.allclose(raw.mean((2, 3))[:, 0] + net.head_bias[[1, 2]],
+            ...                res.logits[[0, 1], [1, 2]], atol=1e-5)
+            True
+        """
+        idx = self.class_index(classes)
+        w = self.weight[idx]  # (B, n, K)
+        maps = torch.einsum("bnk,bkhw->bnhw", w, self.features)
+        return self._finish(maps, size, normalize)
+
+    def _finish(self, maps: Tensor, size: SizeSpec, normalize: bool) -> Tensor:
+        hw = self._size(size)
+        if hw is not None and tuple(maps.shape[-2:]) != hw:
+            maps = F.interpolate(maps, size=hw, mode="bilinear", align_corners=False)
+        if normalize:
+            maps = min_max(maps)
+        return maps
+
+    def units(self, cls: int | Tensor, k: int = 8, order: str = "weight") -> Units:
+        """Top-k units of class ``cls`` per image, ranked by head weight or by contribution.
+
+        ``cls`` is an int (same class for every image) or a LongTensor (B,) per image.
+
+        Example:
+            >>> from camviz.gapnet import GapNet
+            >>> from torch import nn
+            >>> res = GapNet(nn.Conv2d(3, 6, 1), nn.Linear(6, 3), device="cpu").run(
+            ...     torch.rand(2, 3, 8, 8))
+            >>> u = res.units(1, k=3, order="contribution")
+            >>> u.ids.shape, u.maps.shape
+            (torch.Size([2, 3]), torch.Size([2, 3, 8, 8]))
+        """
+        if order not in ("weight", "contribution"):
+            raise CamvizError(f"order must be 'weight' or 'contribution', got {order!r}")
+        idx = self.class_index(cls if isinstance(cls, Tensor) else int(cls))
+        if idx.shape[1] != 1:
+            raise CamvizError("units() takes one class per image")
+        c = idx[:, 0]
+        w = self.weight[c]  # (B, K)
+        pooled = self.pooled()
+        contrib = w * pooled
+        k = min(int(k), w.shape[1])
+        score = w if order == "weight" else contrib
+        ids = score.topk(k, dim=1).indices
+        b = torch.arange(len(self), device=self.device)[:, None]
+        maps = w.gather(1, ids)[..., None, None] * self.features[b, ids]
+        return Units(
+            cls=c,
+            ids=ids,
+            weights=w.gather(1, ids),
+            contributions=contrib.gather(1, ids),
+            maps=maps,
+            total=contrib.sum(dim=1),
+            bias=self.bias[c],
+        )
+
+    def unit_maps(
+        self, ids: Sequence[int] | Tensor, size: SizeSpec = None, normalize: bool = False
+    ) -> Tensor:
+        """Raw maps f_k of the given units (no weight): (B, n, h, w), optionally resized.
+
+        Example:
+            >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 4, 4), torch.zeros(2, 3),
+            ...                 torch.zeros(2), "avg", ["a", "b"])
+            >>> res.unit_maps([2, 0], size=8).shape
+            torch.Size([1, 2, 8, 8])
+        """
+        ids_t = torch.as_tensor(ids, device=self.device, dtype=torch.long)
+        maps = self.features[:, ids_t] if ids_t.ndim == 1 else self.features.gather(
+            1, ids_t[..., None, None].expand(-1, -1, *self.features.shape[-2:]))
+        return self._finish(maps, size, normalize)
+
+    def pooled(self) -> Tensor:
+        """Globally pooled features (B, K): the head's input."""
+        if self.pool == "max":
+            return self.features.amax(dim=(2, 3))
+        return self.features.mean(dim=(2, 3))
+
+    def images(self) -> np.ndarray:
+        """The network input de-normalised to uint8 (B, H, W, 3): what the maps align with.
+
+        Example:
+            >>> res = CamResult(torch.zeros(1, 2), torch.zeros(1, 1, 2, 2), torch.zeros(2, 1),
+            ...                 torch.zeros(2), "avg", ["a", "b"], inputs=torch.zeros(1, 3, 4, 4),
+            ...                 transform=Preprocess(mean=(0, 0, 0), std=(1, 1, 1)))
+            >>> res.images().shape
+            (1, 4, 4, 3)
+        """
+        if self.inputs is None:
+            raise CamvizError("this result kept no inputs, so it cannot show its images")
+        prep = self.transform or Preprocess()
+        return prep.denormalize(self.inputs)
+
+    def select(self, index: int | slice | Sequence[int]) -> CamResult:
+        """A result for a subset of the batch (views, no copy where possible).
+
+        Example:
+            >>> res = CamResult(torch.zeros(3, 2), torch.zeros(3, 1, 2, 2), torch.zeros(2, 1),
+            ...                 torch.zeros(2), "avg", ["a", "b"])
+            >>> len(res.select([0, 2]))
+            2
+        """
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(list(index), device=self.device, dtype=torch.long)
+        return CamResult(
+            logits=self.logits[index],
+            features=self.features[index],
+            weight=self.weight,
+            bias=self.bias,
+            pool=self.pool,
+            classes=self.classes,
+            inputs=None if self.inputs is None else self.inputs[index],
+            transform=self.transform,
+        )

@@ -212,7 +212,7 @@ class Preprocess:
     def __call__(self, img: ImageLike) -> torch.Tensor:
         """Turn one image-like into a normalised float tensor (3, H, W)."""
         arr = to_array(img)
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255.0)
         x = self.geometry(x)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

@@ -1,0 +1,80 @@
+"""``python -m camviz.demo``: write demo splits or a handful of demo images.
+
+    python -m camviz.demo generate --split test --n 1000 --out DIR   # a split, wsol layout
+    python -m camviz.demo images --n 6 --out out/demo-images         # just PNGs, for `camviz run`
+    python -m camviz.demo cache --split test --n 1000                # into the cache, print path
+
+Example:
+    >>> main(["images", "--n", "1", "--out", __import__("tempfile").mkdtemp()])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from camviz.demo.groundtruth import ensure_split, write_split
+from camviz.demo.world import CLASSES, WORLD_SEED, render_sample
+from camviz.errors import CamvizError
+
+
+def write_images(
+    n: int, out: str | Path, split: str = "showcase", seed: int = WORLD_SEED
+) -> list[Path]:
+    """Write ``n`` demo images (one of each class in turn) as ``<class>_<i>.png`` into ``out``.
+
+    Example:
+        >>> import tempfile
+        >>> [p.name for p in write_images(2, tempfile.mkdtemp())]
+        ['00_house.png', '01_tree.png']
+    """
+    from PIL import Image
+
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        s = render_sample(split, i, seed=seed, label=i % len(CLASSES))
+        p = dest / f"{i:02d}_{s.class_name}.png"
+        Image.fromarray(s.image).save(p)
+        paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m camviz.demo``."""
+    p = argparse.ArgumentParser(prog="python -m camviz.demo", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="write a split in the wsolevaluation layout (+ parts)")
+    g.add_argument("--split", default="test", help="train, val, test or any name (own images)")
+    g.add_argument("--n", type=int, default=1000)
+    g.add_argument("--out", required=True, help="folder to write (the split's root)")
+    g.add_argument("--start", type=int, default=0, help="index of the first image")
+    g.add_argument("--seed", type=int, default=WORLD_SEED)
+    g.add_argument("--workers", type=int, default=1)
+    im = sub.add_parser("images", help="write a few demo images (one class after another)")
+    im.add_argument("--n", type=int, default=6)
+    im.add_argument("--out", required=True)
+    c = sub.add_parser("cache", help="generate a split into the cache once; print its folder")
+    c.add_argument("--split", default="test")
+    c.add_argument("--n", type=int, default=1000)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "generate":
+            root = write_split(a.split, a.n, a.out, seed=a.seed, start=a.start, workers=a.workers)
+            print(root)
+        elif a.cmd == "images":
+            for path in write_images(a.n, a.out):
+                print(path)
+        else:
+            print(ensure_split(a.split, a.n, progress=True))
+    except CamvizError as err:
+        print(f"camviz.demo: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The demo networks: a small all-convolutional GAP classifier and its GMP twin.
+
+Input 128 x 128, stride 8, so the last conv map is 16 x 16 with 128 units; dilated 3 x 3 layers at
+the end give each unit a receptive field of about 130 pixels, enough to see a whole object (an
+object is an arrangement of parts, so a unit must see more than one part to tell classes apart).
+
+Example:
+    >>> model = DemoModel(pool="avg")
+    >>> model.features(torch.zeros(1, 3, 128, 128)).shape
+    torch.Size([1, 128, 16, 16])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from camviz.demo.world import CLASSES, IMAGE_SIZE
+from camviz.errors import WeightsUnavailable
+from camviz.gapnet import GapNet
+from camviz.images import Preprocess
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHT_FILES = {"avg": "demo_gap.pt", "max": "demo_gmp.pt"}
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+NUM_UNITS = 128
+
+
+def demo_transform() -> Preprocess:
+    """The preprocessing of the demo networks: shorter side to 128, centre crop 128, normalise.
+
+    Example:
+        >>> demo_transform().output_size
+        (128, 128)
+    """
+    return Preprocess(resize=IMAGE_SIZE, crop=(IMAGE_SIZE, IMAGE_SIZE), mean=MEAN, std=STD)
+
+
+def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class DemoModel(nn.Module):
+    """features (all conv, stride 8) -> global average or max pooling -> one linear layer.
+
+    ``state_dict`` keys are ``features.*`` and ``head.*``, the same as
+    ``GapNet(features, head)``'s model, so weights move freely between the two.
+
+    Example:
+        >>> DemoModel(pool="max")(torch.zeros(2, 3, 128, 128)).shape
+        torch.Size([2, 9])
+    """
+
+    def __init__(self, pool: str = "avg", num_classes: int = len(CLASSES), width: int = 96):
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        self.pool = pool
+        self.features = nn.Sequential(
+            *_block(3, 32, stride=2),  # 64
+            *_block(32, 64, stride=2),  # 32
+            *_block(64, 64),
+            *_block(64, width, stride=2),  # 16
+            *_block(width, width),
+            *_block(width, width, dilation=2),
+            *_block(width, NUM_UNITS, dilation=4),
+        )
+        self.head = nn.Linear(NUM_UNITS, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = f.amax(dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
+        return self.head(pooled)
+
+
+def weights_path(pool: str = "avg") -> Path:
+    """The bundled weights file of the GAP ("avg") or GMP ("max") demo network.
+
+    Example:
+        >>> weights_path("max").name
+        'demo_gmp.pt'
+    """
+    return WEIGHTS_DIR / WEIGHT_FILES[pool]
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a demo state dict with ``weights_only=True``, or raise :class:`WeightsUnavailable`.
+
+    Example:
+        >>> load_state("nowhere.pt")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.WeightsUnavailable: demo weights not found: nowhere.pt ...
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsUnavailable(
+            f"demo weights not found: {p} (reinstall camviz, or train them with "
+            "`python -m camviz.demo.train`)"
+        )
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsUnavailable(
+            f"{p} is not a state dict that loads with weights_only=True ({err}); retrain with "
+            "`python -m camviz.demo.train`"
+        ) from err
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_demo(
+    weights: str | Path | None = "DEFAULT", device: str | torch.device = "auto",
+    pool: str = "avg",
+) -> GapNet:
+    """The demo GAP network (``pool="avg"``) or its GMP twin (``"max"``) as a :class:`GapNet`.
+
+    ``weights``: "DEFAULT" for the bundled weights, a path to a state dict, or None for random
+    weights. Class names and the preprocessing come with it.
+
+    Example:
+        >>> net = load_demo(device="cpu")
+        >>> net.classes[:3], net.transform.crop, net.pool
+        (['house', 'tree', 'sign'], (128, 128), 'avg')
+    """
+    model = DemoModel(pool=pool)
+    if weights is not None:
+        path = weights_path(pool) if weights == "DEFAULT" else Path(weights)
+        state = load_state(path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise WeightsUnavailable(
+                f"{path} does not fit the demo network ({str(err).splitlines()[0]}); retrain "
+                "with `python -m camviz.demo.train`"
+            ) from err
+    return GapNet(
+        model.features, model.head, pool=pool, classes=list(CLASSES),
+        transform=demo_transform(), device=device, probe_size=IMAGE_SIZE,
+    )
+
+
+def load_demo_gap(weights: Any = "DEFAULT", device: str | torch.device = "auto") -> GapNet:
+    """Loader registered as ``camviz.load_model("demo")``."""
+    return load_demo(weights, device, pool="avg")
+
+
+def load_demo_gmp(weights: Any = "DEFAULT", device: str | torch.device = "auto") -> GapNet:
+    """Loader registered as ``camviz.load_model("demo-gmp")``."""
+    return load_demo(weights, device, pool="max")
+
+
+def training_info() -> dict[str, Any]:
+    """What the bundled weights were trained on and how well they do (from weights/demo.json).
+
+    Example:
+        >>> isinstance(training_info(), dict)
+        True
+    """
+    p = WEIGHTS_DIR / "demo.json"
+    return json.loads(p.read_text()) if p.is_file() else {}

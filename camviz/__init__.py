@@ -30,6 +30,7 @@ from camviz.result import CamResult, TopK, Units
 # --- units ---
 
 # --- demo ---
+from camviz.demo import ensure_split  # importing camviz.demo registers "demo" and "demo-gmp"
 
 # --- widgets ---
 

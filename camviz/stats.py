@@ -116,6 +116,7 @@ class RunningQuantile:
         self.levels = [torch.empty(self.channels, 0, dtype=dtype, device=x.device)]
         self.compactions = [0]
         self.min = torch.full((self.channels,), math.inf, dtype=dtype, device=x.device)
+        self._nan = torch.zeros((), dtype=torch.bool, device=x.device)
         self.max = torch.full((self.channels,), -math.inf, dtype=dtype, device=x.device)
 
     def _compact(self, h: int) -> None:
@@ -161,8 +162,8 @@ class RunningQuantile:
         if self.min is None:
             self._init_like(x)
         x = x.to(device=self.min.device, dtype=self.min.dtype)
-        if torch.isnan(x).any():
-            raise CamvizError("RunningQuantile.update got NaN values; remove them before updating.")
+        # NaN check without a host sync (this runs once per batch on a GPU): raised on query
+        self._nan = self._nan | torch.isnan(x).any()
         self.min = torch.minimum(self.min, x.min(dim=0).values)
         self.max = torch.maximum(self.max, x.max(dim=0).values)
         self.levels[0] = torch.cat([self.levels[0], x.T], dim=1)
@@ -197,6 +198,7 @@ class RunningQuantile:
         for h, lvl in enumerate(other.levels):
             self.levels[h] = torch.cat([self.levels[h], lvl.to(dev, dt)], dim=1)
             self.compactions[h] += other.compactions[h]
+        self._nan = self._nan | getattr(other, "_nan", torch.tensor(False)).to(dev)
         self.min = torch.minimum(self.min, other.min.to(dev, dt))
         self.max = torch.maximum(self.max, other.max.to(dev, dt))
         self.count += other.count
@@ -205,6 +207,11 @@ class RunningQuantile:
 
     # ----------------------------------------------------------------- answers
     def _weighted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool(getattr(self, "_nan", False)):
+            raise CamvizError(
+                "RunningQuantile was fed NaN values, so its quantiles mean nothing; "
+                "find where the NaNs come from (e.g. a diverged model) and start a new sketch."
+            )
         vals = torch.cat(self.levels, dim=1)
         w = torch.cat(
             [
@@ -304,6 +311,7 @@ class RunningQuantile:
             return self
         self.min = torch.as_tensor(state["min"])
         self.max = torch.as_tensor(state["max"]).to(self.min.device)
+        self._nan = torch.zeros((), dtype=torch.bool, device=self.min.device)
         samples = torch.as_tensor(state["samples"]).to(self.min.device)
         sizes = [int(s) for s in torch.as_tensor(state["sizes"]).tolist()]
         self.levels = [t.contiguous() for t in torch.split(samples, sizes, dim=1)]
@@ -319,6 +327,7 @@ class RunningQuantile:
         self.levels = [lvl.to(device) for lvl in self.levels]
         if self.min is not None:
             self.min, self.max = self.min.to(device), self.max.to(device)
+            self._nan = self._nan.to(device)
         return self
 
 

@@ -1,0 +1,74 @@
+"""Throughput of camviz.scan vs a bare forward pass over the same DataLoader (same run).
+
+Both loops read the same in-memory dataset through the same DataLoader settings; the bare loop
+calls ``net.model(x)`` under inference mode and nothing else. Runs alternate (bare, scan, bare,
+scan, ...) after one warm-up of each, and the median of each is reported with the ratio
+scan / bare throughput (target >= 0.9).
+
+    .venv/bin/python benchmarks/bench_scan.py [--model resnet18] [--images 64] [--size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import camviz  # noqa: E402
+from camviz.scan import make_loader, scan  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    net = camviz.load_model(args.model, weights=None, device=args.device)
+    data = [torch.randn(3, args.size, args.size) for _ in range(args.images)]
+    loader = make_loader(data, batch_size=args.batch_size)
+
+    def sync() -> None:
+        if net.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x, _ in loader:
+                net.model(x.to(net.device))
+        sync()
+        return time.perf_counter() - t
+
+    def scanned() -> float:
+        t = time.perf_counter()
+        scan(net, data, batch_size=args.batch_size, cache=False, progress=False)
+        sync()
+        return time.perf_counter() - t
+
+    bare(), scanned()  # warm-up
+    tb, ts = [], []
+    for _ in range(args.runs):
+        tb.append(bare())
+        ts.append(scanned())
+    mb, ms = statistics.median(tb), statistics.median(ts)
+    print(f"model {args.model} {args.size}px, {args.images} images, batch {args.batch_size}, "
+          f"device {net.device}, torch threads {torch.get_num_threads()}")
+    print(f"bare forward: {args.images / mb:8.1f} img/s (median of {args.runs}: {mb:.3f} s)")
+    print(f"camviz.scan : {args.images / ms:8.1f} img/s (median of {args.runs}: {ms:.3f} s)")
+    print(f"ratio scan/bare throughput: {mb / ms:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,8 +32,7 @@ from camviz.images import list_images, load_image
 from camviz.render import grid, overlay
 
 # Modules that add subcommands: each exposes register(subparsers).
-_EXTRA_COMMANDS: list[str] = [
-]
+_EXTRA_COMMANDS: list[str] = []
 
 RESULTS = "results.jsonl"
 
@@ -181,7 +180,14 @@ def run_images(
 
 
 def _write_one(
-    res: Any, i: int, path: Path, key: str, out_dir: Path, topk: int, alpha: float, cmap: str,
+    res: Any,
+    i: int,
+    path: Path,
+    key: str,
+    out_dir: Path,
+    topk: int,
+    alpha: float,
+    cmap: str,
     write: Any,
 ) -> None:
     one = res.select(i)
@@ -231,8 +237,12 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="class activation maps of the top-k classes of images")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--model", default="demo", help="camviz or torchvision model name")
-    p.add_argument("--weights", default="DEFAULT", type=_weights_arg,
-                   help="weights name, DEFAULT, or none for random weights")
+    p.add_argument(
+        "--weights",
+        default="DEFAULT",
+        type=_weights_arg,
+        help="weights name, DEFAULT, or none for random weights",
+    )
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -247,8 +257,14 @@ def _add_run(sub: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     net = load_model(args.model, weights=args.weights, device=args.device)
     counts = run_images(
-        net, args.images, args.out, topk=args.topk, batch_size=args.batch_size,
-        alpha=args.alpha, cmap=args.cmap, retry_errors=args.retry_errors,
+        net,
+        args.images,
+        args.out,
+        topk=args.topk,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        cmap=args.cmap,
+        retry_errors=args.retry_errors,
         progress=not args.no_progress,
     )
     print(

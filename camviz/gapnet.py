@@ -29,8 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact, UnknownModel
-from camviz.errors import WeightsUnavailable
+from camviz.errors import (
+    CamvizError,
+    ImageError,
+    NotAGapNetwork,
+    NotExact,
+    UnknownModel,
+    WeightsUnavailable,
+)
 from camviz.hooks import capture
 from camviz.images import Preprocess
 
@@ -215,8 +221,13 @@ def _tolerance(pooled: Tensor, weight: Tensor, bias: Tensor, rel: float) -> Tens
 def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
     if autocast is None or isinstance(autocast, torch.dtype):
         return autocast
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "half": torch.float16}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+    }
     if autocast not in table:
         raise CamvizError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
     return table[autocast]
@@ -250,12 +261,17 @@ class GapNet:
         if pool not in ("avg", "max"):
             raise CamvizError(f"pool must be 'avg' or 'max', got {pool!r}")
         if not isinstance(head, nn.Linear):
-            raise NotAGapNetwork(
-                f"head is {type(head).__name__}, not nn.Linear: {_HEAD_ADVICE}"
-            )
+            raise NotAGapNetwork(f"head is {type(head).__name__}, not nn.Linear: {_HEAD_ADVICE}")
         model = _Composed(features, head, pool)
-        self._setup(model, Adapter(site="features", head="head", pool=pool), classes, transform,
-                    device, check, probe_size)
+        self._setup(
+            model,
+            Adapter(site="features", head="head", pool=pool),
+            classes,
+            transform,
+            device,
+            check,
+            probe_size,
+        )
 
     @classmethod
     def from_model(
@@ -309,6 +325,7 @@ class GapNet:
         if len(classes) != n:
             raise CamvizError(f"{len(classes)} class names given for a head of {n} classes")
         self.classes: list[str] = classes
+        self.stride: int | None = None
         if check:
             self._probe(probe_size)
 
@@ -323,7 +340,11 @@ class GapNet:
         name = type(self.model).__name__
         try:
             with torch.inference_mode():
-                self._forward(x, check=True)
+                feats, _ = self._forward(x, check=True)
+            # the network's stride: an input smaller than one cell has no spatial map
+            self.stride = max(
+                1, min(probe_size[0] // feats.shape[-2], probe_size[1] // feats.shape[-1])
+            )
         except NotExact as err:
             raise NotAGapNetwork(
                 f"{name}: head(pool(features(x))) differs from model(x) on a probe batch "
@@ -444,7 +465,9 @@ class GapNet:
         if isinstance(images, Tensor):
             x = images[None] if images.ndim == 3 else images
             if x.ndim != 4 or x.shape[1] != 3:
-                raise ImageError(f"expected a (B, 3, H, W) or (3, H, W) tensor, got {tuple(x.shape)}")
+                raise ImageError(
+                    f"expected a (B, 3, H, W) or (3, H, W) tensor, got {tuple(x.shape)}"
+                )
             return x.to(self.device, torch.float32)
         if not isinstance(images, (list, tuple)):
             images = [images]
@@ -476,6 +499,12 @@ class GapNet:
         from camviz.result import CamResult  # result sits below gapnet in the data flow
 
         x = self.prepare(images)
+        if self.stride is not None and min(x.shape[-2:]) < self.stride:
+            raise ImageError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} pixels is smaller than the network's "
+                f"stride ({self.stride} pixels), so its map would have no spatial detail. "
+                "Resize the image first (a transform with a resize does this)."
+            )
         with torch.inference_mode():
             feats, logits = self._forward(x, check=True, autocast=_autocast_dtype(autocast))
             weight, bias = self.head_weight, self.head_bias
@@ -529,7 +558,9 @@ def _fetch_verified(weights: Any) -> None:
         match = torch.hub.HASH_REGEX.search(path.name)
         try:
             torch.hub.download_url_to_file(
-                weights.url, str(path), hash_prefix=match.group(1) if match else None,
+                weights.url,
+                str(path),
+                hash_prefix=match.group(1) if match else None,
                 progress=True,
             )
         except (URLError, OSError, RuntimeError) as err:

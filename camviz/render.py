@@ -127,7 +127,8 @@ def dim_outside(image: Any, mask: Any, keep: float = 0.2) -> np.ndarray:
     """Dim pixels outside a mask (NetDissect: image * (keep + (1 - keep) * mask)).
 
     Example:
-        >>> dim_outside(np.full((1, 2, 3), 100, np.uint8), np.array([[True, False]]))[0, :, 0].tolist()
+        >>> out = dim_outside(np.full((1, 2, 3), 100, np.uint8), np.array([[True, False]]))
+        >>> out[0, :, 0].tolist()
         [100, 20]
     """
     img = np.asarray(image).astype(np.float32)
@@ -201,8 +202,9 @@ def grid(
     cols = cols or n
     rows = (n + cols - 1) // cols
     lh = label_height if labels else 0
-    panel = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad + lh) + pad),
-                      tuple(background))
+    panel = Image.new(
+        "RGB", (cols * (w + pad) + pad, rows * (h + pad + lh) + pad), tuple(background)
+    )
     draw = ImageDraw.Draw(panel)
     font = _font(max(8, lh - 4)) if lh else None
     for i, a in enumerate(arrs):

@@ -168,8 +168,9 @@ class CamResult:
                     )
                 idx = idx[:, None]
             elif idx.ndim != 2 or idx.shape[0] != b:
-                raise CamvizError(f"class tensor must be (B,) or (B, n) with B={b}, got "
-                                  f"{tuple(idx.shape)}")
+                raise CamvizError(
+                    f"class tensor must be (B,) or (B, n) with B={b}, got {tuple(idx.shape)}"
+                )
         elif isinstance(classes, (int, np.integer)):
             idx = torch.full((b, 1), int(classes), device=self.device, dtype=torch.long)
         else:
@@ -273,8 +274,13 @@ class CamResult:
             torch.Size([1, 2, 8, 8])
         """
         ids_t = torch.as_tensor(ids, device=self.device, dtype=torch.long)
-        maps = self.features[:, ids_t] if ids_t.ndim == 1 else self.features.gather(
-            1, ids_t[..., None, None].expand(-1, -1, *self.features.shape[-2:]))
+        maps = (
+            self.features[:, ids_t]
+            if ids_t.ndim == 1
+            else self.features.gather(
+                1, ids_t[..., None, None].expand(-1, -1, *self.features.shape[-2:])
+            )
+        )
         return self._finish(maps, size, normalize)
 
     def pooled(self) -> Tensor:

@@ -1,0 +1,37 @@
+"""Shared fixtures: small random-weight networks and image files of every awkward kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import camviz
+
+
+@pytest.fixture
+def tiny_net() -> camviz.GapNet:
+    """A 3-layer conv GAP network with 5 classes, random but fixed weights, on the CPU."""
+    torch.manual_seed(0)
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 12, 3, stride=2, padding=1),
+        nn.ReLU(),
+    )
+    return camviz.GapNet(
+        features,
+        nn.Linear(12, 5),
+        classes=list("abcde"),
+        device="cpu",
+        transform=camviz.Preprocess(resize=(32, 32)),
+    )
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return (rng.random((40, 48, 3)) * 255).astype(np.uint8)

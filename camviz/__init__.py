@@ -28,6 +28,8 @@ from camviz.result import CamResult, TopK, Units
 # --- localization ---
 
 # --- units ---
+from camviz.scan import UnitStats, scan
+from camviz.stats import RunningQuantile, RunningTopK
 
 # --- demo ---
 from camviz.demo import ensure_split  # importing camviz.demo registers "demo" and "demo-gmp"

@@ -1,8 +1,7 @@
 """Hooks that never outlive their call (after baukit's nethook).
 
 Example:
-    >>> import torch
-    >>> layer = torch.nn.Conv2d(3, 4, 3)
+    >>> layer = nn.Conv2d(3, 4, 3)
     >>> with capture(layer) as cap:
     ...     _ = layer(torch.zeros(1, 3, 8, 8))
     >>> cap.output.shape, len(layer._forward_hooks)
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch  # noqa: F401  (used by the examples)
 from torch import nn
 
 
@@ -32,7 +32,7 @@ def capture(module: nn.Module) -> Iterator[Captured]:
     """Record ``module``'s output while the block runs; the hook is removed on exit, also on error.
 
     Example:
-        >>> m = torch.nn.ReLU()
+        >>> m = nn.ReLU()
         >>> with capture(m) as cap:
         ...     _ = m(torch.tensor([-1.0, 2.0]))
         >>> cap.output.tolist()
@@ -55,7 +55,7 @@ def count_hooks(model: nn.Module) -> int:
     """Number of forward / pre-forward / backward hooks left on any submodule of ``model``.
 
     Example:
-        >>> count_hooks(torch.nn.Sequential(torch.nn.ReLU()))
+        >>> count_hooks(nn.Sequential(nn.ReLU()))
         0
     """
     n = 0

@@ -30,6 +30,7 @@ from camviz.result import CamResult, TopK, Units
 # --- units ---
 from camviz.scan import UnitStats, scan
 from camviz.stats import RunningQuantile, RunningTopK
+from camviz.units import Dissection, PartsFolder, class_units, dissect, unit_masks
 
 # --- demo ---
 from camviz.demo import ensure_split  # importing camviz.demo registers "demo" and "demo-gmp"

@@ -32,7 +32,9 @@ from camviz.images import list_images, load_image
 from camviz.render import grid, overlay
 
 # Modules that add subcommands: each exposes register(subparsers).
-_EXTRA_COMMANDS: list[str] = []
+_EXTRA_COMMANDS: list[str] = [
+    "camviz.cli_units",
+]
 
 RESULTS = "results.jsonl"
 

@@ -294,7 +294,7 @@ def class_gallery(
         for j in range(n):
             if j < len(imgs):
                 tiles.append(show_mask(imgs[j], masks[j]))
-                labels.append(tag if j == 0 else f"#{int(idx[j])}")
+                labels.append(f"{tag} #{int(idx[j])}" if j == 0 else f"#{int(idx[j])}")
             else:
                 tiles.append(np.full_like(tiles[-1], 255))
                 labels.append("")

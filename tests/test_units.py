@@ -233,3 +233,46 @@ def test_parts_folder_reads_the_demo_layout_and_refuses_escapes(tmp_path):
     (root / "parts.txt").write_text("images/000000.png,disc,../../etc/passwd\n")
     with pytest.raises(UnsafePath, match="escapes"):
         PartsFolder(root)
+
+
+# ------------------------------------------------------------------ CLI and docstrings
+
+
+def test_cli_scan_then_dissect_on_the_demo_fixture(tmp_path, capsys):
+    from pathlib import Path
+
+    from camviz.cli import main
+    from camviz.scan import UnitStats
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
+    out = tmp_path / "stats.npz"
+    common = ["--model", "demo", "--weights", "none", "--data", str(fixture), "--device", "cpu",
+              "--no-progress"]
+    assert main(["scan", *common, "--out", str(out)]) == 0
+    stats = UnitStats.load(out)
+    assert stats.num_images == 32 and stats.num_units == 128 and stats.feature_size == (16, 16)
+    assert main(["dissect", *common, "--stats", str(out), "--out", str(tmp_path / "d"),
+                 "--top-k", "3"]) == 0
+    import json
+
+    report = json.loads((tmp_path / "d" / "dissection.json").read_text())
+    assert report["num_images"] == 32 and len(report["units"]) == 128
+    assert len(report["classes"]) == 9 and len(report["classes"][0]["units"]) == 3
+    assert "| class |" in (tmp_path / "d" / "dissection.md").read_text()
+    capsys.readouterr()
+    # a folder without parts.txt cannot be dissected: one-line error, exit 2
+    bad = [*common[:5], str(tmp_path), *common[6:]]
+    assert main(["dissect", *bad, "--out", str(tmp_path / "e")]) == 2
+    assert "no parts.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["stats", "scan", "units", "cli_units"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+    import sys
+
+    importlib.import_module(f"camviz.{name}")
+    mod = sys.modules[f"camviz.{name}"]  # camviz.scan the attribute is the function
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -36,5 +36,6 @@ from camviz.units import Dissection, PartsFolder, class_units, dissect, unit_mas
 from camviz.demo import ensure_split  # importing camviz.demo registers "demo" and "demo-gmp"
 
 # --- widgets ---
+from camviz.widgets import Browser, browse
 
 __version__ = "0.1.0"

@@ -40,7 +40,7 @@ Example:
 
 from __future__ import annotations
 
-from camviz.demo.groundtruth import cache_dir, ensure_split, write_split
+from camviz.demo.groundtruth import cache_dir, ensure_split, write_demo_images, write_split
 from camviz.demo.net import DemoModel, demo_transform, load_demo, training_info
 from camviz.demo.world import CLASSES, IMAGE_SIZE, PARTS, Sample, render_sample
 from camviz.gapnet import register_model
@@ -57,6 +57,7 @@ __all__ = [
     "load_demo",
     "render_sample",
     "training_info",
+    "write_demo_images",
     "write_split",
 ]
 

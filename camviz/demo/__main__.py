@@ -13,34 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from camviz.demo.groundtruth import ensure_split, write_split
-from camviz.demo.world import CLASSES, WORLD_SEED, render_sample
+from camviz.demo.groundtruth import ensure_split, write_demo_images, write_split
+from camviz.demo.world import WORLD_SEED
 from camviz.errors import CamvizError
-
-
-def write_images(
-    n: int, out: str | Path, split: str = "showcase", seed: int = WORLD_SEED
-) -> list[Path]:
-    """Write ``n`` demo images (one of each class in turn) as ``<class>_<i>.png`` into ``out``.
-
-    Example:
-        >>> import tempfile
-        >>> [p.name for p in write_images(2, tempfile.mkdtemp())]
-        ['00_house.png', '01_tree.png']
-    """
-    from PIL import Image
-
-    dest = Path(out)
-    dest.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        s = render_sample(split, i, seed=seed, label=i % len(CLASSES))
-        p = dest / f"{i:02d}_{s.class_name}.png"
-        Image.fromarray(s.image).save(p)
-        paths.append(p)
-    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             root = write_split(a.split, a.n, a.out, seed=a.seed, start=a.start, workers=a.workers)
             print(root)
         elif a.cmd == "images":
-            for path in write_images(a.n, a.out):
+            for path in write_demo_images(a.out, n=a.n):
                 print(path)
         else:
             print(ensure_split(a.split, a.n, progress=True))

@@ -146,6 +146,29 @@ def _write_metadata(root: Path, rows: list[dict], split: str, seed: int, start: 
     (root / "split.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
+def write_demo_images(
+    out: str | os.PathLike[str], n: int = 6, split: str = "showcase", seed: int = WORLD_SEED
+) -> list[Path]:
+    """Write ``n`` demo images, one class after another, as ``NN_<class>.png`` into ``out``.
+
+    For ``make demo`` and notebooks: just the pictures (no metadata). Returns their paths.
+
+    Example:
+        >>> import tempfile
+        >>> [p.name for p in write_demo_images(tempfile.mkdtemp(), n=2)]
+        ['00_house.png', '01_tree.png']
+    """
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        s = render_sample(split, i, seed=seed, label=i % len(CLASSES))
+        p = dest / f"{i:02d}_{s.class_name}.png"
+        Image.fromarray(s.image).save(p)
+        paths.append(p)
+    return paths
+
+
 def ensure_split(split: str, n: int, seed: int = WORLD_SEED, progress: bool = False) -> Path:
     """The folder of a demo split of ``n`` images, generated once into the cache and reused.
 

@@ -1,0 +1,291 @@
+"""The browser's logic without a browser: each control changes the figure's data as expected,
+the network runs once per image, names are escaped, and a bad image shows an error."""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch import nn
+
+import camviz
+from camviz.localize import boxes, mask
+from camviz.widgets import Browser, box_path, colorscale, display_map, mask_outline
+
+NASTY = "<script>alert('x')</script>"
+CLASSES = ["cat", NASTY, "a&b", "<b>bold</b>", "dog", "eel"]
+
+
+def _net(classes: list[str] = CLASSES) -> camviz.GapNet:
+    torch.manual_seed(0)
+    features = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=4, padding=1), nn.ReLU(),
+    )
+    return camviz.GapNet(features, nn.Linear(16, len(classes)), classes=classes, device="cpu",
+                         transform=camviz.Preprocess(resize=(40, 48)))
+
+
+class Counter:
+    """Counts real network passes with a forward hook on the model."""
+
+    def __init__(self, net: camviz.GapNet) -> None:
+        self.n = 0
+        net.model.register_forward_hook(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        self.n += 1
+
+
+@pytest.fixture
+def net() -> camviz.GapNet:
+    return _net()
+
+
+@pytest.fixture
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(rng.random((40, 48, 3)) * 255).astype(np.uint8) for _ in range(3)]
+
+
+def _cam01(b: Browser, c: int) -> np.ndarray:
+    return b.result.cams(c, size="input", normalize=True)[0, 0].numpy()
+
+
+def test_one_pass_per_image_none_on_other_controls(net, images):
+    calls = Counter(net)
+    b = Browser(net, images, units=3)
+    assert calls.n == 1 and b.forward_passes == 1
+    b.class_picker.value = b.class_picker.options[1][1]
+    b.select_class("eel")
+    b.class_search.value = "dog"
+    b.threshold.value = 0.6
+    b.opacity.value = 0.1
+    b.cmap.value = "viridis"
+    b.show_box.value = False
+    b.show_mask.value = False
+    b.unit_order.value = "contribution"
+    b.select_unit(b.state["units"][0])
+    b.unit_cards[1][2].click()
+    assert calls.n == 1
+    b.image_picker.value = 1
+    assert calls.n == 2
+    b.image_picker.value = 0
+    b.image_picker.value = 1
+    assert calls.n == 2 and b.forward_passes == 2
+
+
+def test_class_change_redraws_the_map_of_that_class(net, images):
+    b = Browser(net, images)
+    top = b.result.topk(5).indices[0].tolist()
+    assert b.class_index == top[0]
+    assert [v for _, v in b.class_picker.options] == top
+    for c in (top[2], top[1]):
+        b.class_picker.value = c
+        z, step = display_map(_cam01(b, c))
+        np.testing.assert_allclose(np.asarray(b.figure.data[1].z), z, rtol=0, atol=1e-6)
+        assert b.figure.data[1].dx == step
+        assert b.figure.layout.meta["camviz"]["class"] == c
+        assert html.escape(CLASSES[c]) in b.figure.layout.title.text
+    z1 = np.asarray(b.figure.data[1].z).copy()
+    b.class_picker.value = top[2]
+    assert not np.allclose(np.asarray(b.figure.data[1].z), z1)
+
+
+def test_any_class_by_name_is_added_to_the_dropdown(net, images):
+    b = Browser(net, images, k=2)
+    top = [v for _, v in b.class_picker.options]
+    outside = next(c for c in range(len(CLASSES)) if c not in top)
+    b.class_search.value = CLASSES[outside]
+    assert b.class_index == outside
+    assert b.class_picker.value == outside
+    label = dict((v, k) for k, v in b.class_picker.options)[outside]
+    assert label.startswith(CLASSES[outside]) and "not in top 2" in label
+    b.class_search.value = "no such class"  # ignored: not a class name
+    assert b.class_index == outside
+
+
+def test_threshold_moves_outline_and_box_to_the_localize_result(net, images):
+    b = Browser(net, images)
+    cam = _cam01(b, b.class_index)
+    areas = []
+    for t in (0.1, 0.5, 0.9):
+        b.threshold.value = t
+        fg, bb = mask(cam, t), boxes(cam, t)
+        xs = np.asarray(b.figure.data[2].x, dtype=float)
+        ys = np.asarray(b.figure.data[2].y, dtype=float)
+        ex, ey = mask_outline(fg)
+        np.testing.assert_array_equal(xs, ex)
+        np.testing.assert_array_equal(ys, ey)
+        bx, by = box_path(bb[0])
+        assert list(b.figure.data[3].x) == bx and list(b.figure.data[3].y) == by
+        assert b.figure.layout.meta["camviz"]["threshold"] == t
+        assert f"threshold {t:.2f}" in b.figure.layout.title.text
+        areas.append(int(fg.sum()))
+    assert areas[0] > areas[1] > areas[2] > 0
+
+
+def test_opacity_cmap_and_toggles(net, images):
+    b = Browser(net, images)
+    b.opacity.value = 0.25
+    assert b.figure.data[1].opacity == 0.25
+    b.cmap.value = "gray"
+    assert [list(s) for s in b.figure.data[1].colorscale] == colorscale("gray")
+    b.show_box.value = False
+    assert b.figure.data[3].visible is False and b.figure.data[2].visible is not False
+    b.show_mask.value = False
+    assert b.figure.data[2].visible is False
+    b.show_box.value = True
+    b.threshold.value = 0.3  # redraw keeps the toggles
+    assert b.figure.data[3].visible is True and b.figure.data[2].visible is False
+
+
+def test_unit_panel_lists_top_units_by_weight_or_contribution(net, images):
+    b = Browser(net, images, units=4)
+    c = b.class_index
+    for order in ("weight", "contribution"):
+        b.unit_order.value = order
+        u = b.result.units(c, k=4, order=order)
+        assert b.state["units"] == u.ids[0].tolist()
+        for j, (img, lab, btn) in enumerate(b.unit_cards):
+            unit = int(u.ids[0, j])
+            assert f"unit <b>{unit}</b>" in lab.value
+            assert f"{float(u.share[0, j]):+.1%} of logit" in lab.value
+            assert btn.description == f"unit {unit}"
+            assert Image.open(__import__("io").BytesIO(img.value)).size[0] > 0
+    b.unit_cards[0][2].click()
+    assert b.state["unit"] == b.state["units"][0]
+    assert "camviz.scan" in b.unit_detail.value  # no stats: says how to get the gallery
+
+
+def test_class_names_are_escaped_in_html(net, images):
+    b = Browser(net, images)
+    b.select_class(NASTY)
+    b.select_unit(b.state["units"][0])
+    texts = [b.unit_header.value, b.unit_detail.value, b.figure.layout.title.text]
+    for text in texts:
+        assert "<script>" not in text
+        assert html.escape(NASTY) in text
+    b.select_class("<b>bold</b>")
+    assert "&lt;b&gt;bold&lt;/b&gt;" in b.unit_header.value
+    assert "<b>bold</b>" not in b.figure.layout.title.text
+
+
+def test_an_image_that_fails_shows_an_error_and_the_browser_goes_on(net, images, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(images[0]).save(good)
+    bad = tmp_path / "<img src=x onerror=alert(1)>.png"
+    bad.write_bytes(b"not a png at all")
+    missing = tmp_path / "missing.png"
+    b = Browser(net, [bad, good, missing])  # the first image is the bad one: no exception
+    assert b.state["error"] is not None and b.result is None
+    assert "<img" not in b.error.value and "&lt;img src=x" in b.error.value
+    assert "corrupt" in b.error.value or "not a readable image" in b.error.value
+    assert b.error.layout.display != "none"
+    assert b.threshold.disabled and b.class_picker.disabled
+    assert b.figure.data[1].visible is False
+    b.image_picker.value = 1
+    assert b.state["error"] is None and b.result is not None
+    assert b.error.layout.display == "none" and not b.threshold.disabled
+    assert b.figure.data[1].visible is True
+    b.image_picker.value = 2
+    assert "not found" in b.error.value
+    with pytest.raises(camviz.CamvizError, match="nothing to export"):
+        b.composite()
+
+
+def test_stats_light_up_unit_masks_and_gallery(net, images):
+    data = [net.transform(im) for im in images] * 2
+    stats = camviz.scan(net, data, cache=False, progress=False, top_n=4)
+    calls = Counter(net)
+    b = Browser(net, images, stats, dataset=data, units=3, gallery=3)
+    assert calls.n == 1
+    assert "dataset quantile" in b.unit_header.value
+    unit = b.state["units"][0]
+    b.select_unit(unit)
+    assert calls.n == 2  # the unit's top dataset images: one pass, the first time only
+    assert b.unit_gallery.layout.display != "none" and len(b.unit_gallery.value) > 0
+    assert "top 3 dataset images" in b.unit_detail.value
+    b.threshold.value = 0.7
+    b.select_unit(unit)
+    assert calls.n == 2
+    # without the dataset, the unit's top images are listed by index
+    b2 = Browser(net, images, stats, units=2)
+    b2.select_unit(b2.state["units"][0])
+    idx, _ = stats.top_images(b2.state["units"][0], 6)
+    assert f"#{int(idx[0])}" in b2.unit_detail.value and "dataset=" in b2.unit_detail.value
+
+
+def test_stats_of_another_network_are_refused(net, images):
+    stats = camviz.UnitStats.empty(units=3, classes=CLASSES)
+    with pytest.raises(camviz.CamvizError, match="3 units"):
+        Browser(net, images, stats)
+
+
+def test_composite_export_without_browser(net, images, tmp_path):
+    b = Browser(net, images, units=3)
+    b.threshold.value = 0.4
+    img = b.composite()
+    assert img.mode == "RGB" and img.width >= 48 and img.height > 40 + 3 * 0
+    out = b.save(tmp_path / "view", format="composite")
+    assert out == tmp_path / "view.png" and Image.open(out).size == img.size
+    b.export_name.value = str(tmp_path / "ui-view")
+    b.export_format.value = "composite"
+    b.export_button.click()
+    assert (tmp_path / "ui-view.png").exists() and "saved" in b.export_status.value
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists(),
+                    reason="kaleido needs a Chromium: install Debian's chromium")
+def test_figure_export_svg_and_png_with_kaleido(net, images, tmp_path):
+    b = Browser(net, images)
+    svg = b.save(tmp_path / "view.svg")
+    text = svg.read_text()
+    assert text.startswith("<svg") and html.escape(CLASSES[b.class_index]) in text
+    png = b.save(tmp_path / "view.png", scale=1)
+    assert Image.open(png).size == (b.figure.layout.width, b.figure.layout.height)
+
+
+def test_export_refuses_unknown_figure_format(net, images, tmp_path):
+    b = Browser(net, images)
+    with pytest.raises(camviz.CamvizError, match="png"):
+        b.save(tmp_path / "view.bmp")
+
+
+def test_display_map_is_block_means():
+    m = np.arange(36, dtype=np.float32).reshape(6, 6)
+    z, s = display_map(m, cells=3)
+    assert s == 2
+    np.testing.assert_allclose(z, m.reshape(3, 2, 3, 2).mean((1, 3)))
+    z, s = display_map(m, cells=8)
+    assert s == 1 and z is not None and z.shape == (6, 6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 9), st.integers(0, 9), st.integers(0, 9), st.integers(0, 9))
+def test_mask_outline_encloses_exactly_the_box_of_a_rectangle(x0, y0, w, h):
+    m = np.zeros((12, 12), bool)
+    m[y0:y0 + h + 1, x0:x0 + w + 1] = True
+    xs, ys = mask_outline(m)
+    x1, y1 = min(x0 + w, 11), min(y0 + h, 11)
+    bx, by = box_path([x0, y0, x1, y1])
+    assert (np.nanmin(xs), np.nanmax(xs)) == (bx[0], bx[1])
+    assert (np.nanmin(ys), np.nanmax(ys)) == (by[0], by[2])
+
+
+def test_browse_accepts_a_model_name_and_a_folder(tmp_path, images, monkeypatch):
+    for i, im in enumerate(images[:2]):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+    net = _net()
+    monkeypatch.setattr(camviz.gapnet, "load_model", lambda name: net)
+    b = camviz.browse("whatever", tmp_path)
+    assert [lab for lab, _ in b.image_picker.options] == ["0.png", "1.png"]
+    assert b.net is net

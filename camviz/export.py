@@ -88,12 +88,15 @@ def compose_view(
     title: str = "",
     tiles: Sequence[Any] = (),
     tile_labels: Sequence[str] | None = None,
+    min_side: int = 384,
 ) -> Image.Image:
     """The browser's view as a PIL image, without any browser.
 
     ``image`` uint8 (H, W, 3); ``cam01`` the class map in [0, 1] at the image size. The mask is
     ``cam01 > threshold * max`` (camviz.localize.mask), the box that of its largest region.
-    ``tiles`` (uint8 images, e.g. unit maps) form a second row under the main view.
+    Small images are enlarged by an integer factor (each pixel an s x s block, so mask and box
+    stay pixel-exact) until the long side reaches ``min_side``. ``tiles`` (uint8 images, e.g.
+    unit maps) form a second row under the main view.
 
     Example:
         >>> img = np.zeros((16, 16, 3), np.uint8); cam = np.zeros((16, 16)); cam[4:8, 4:8] = 1
@@ -105,14 +108,18 @@ def compose_view(
     if cam.shape != img.shape[:2]:
         raise CamvizError(f"map {cam.shape} and image {img.shape[:2]} differ in size; "
                           "upsample the map to the image first (res.cams(size='input'))")
+    s = max(1, -(-int(min_side) // max(img.shape[:2])))
     out = overlay(img, cam, alpha=float(opacity), cmap=cmap)
     fg = _mask(cam, threshold)
+    bb = _boxes(cam, threshold)
+    if s > 1:
+        out = np.repeat(np.repeat(out, s, axis=0), s, axis=1)
+        fg = np.repeat(np.repeat(fg, s, axis=0), s, axis=1)
+        bb = bb * s + np.array([0, 0, s - 1, s - 1])
     if show_mask:
-        out = outline(out, fg, color=MASK_COLOR, width=2)
-    if show_box:
-        bb = _boxes(cam, threshold)
-        if len(bb):
-            out = draw_boxes(out, bb, color=BOX_COLOR, width=2)
+        out = outline(out, fg, color=MASK_COLOR)
+    if show_box and len(bb):
+        out = draw_boxes(out, bb, color=BOX_COLOR, width=2)
     main = grid([out], [title] if title else None, cols=1)
     if not tiles:
         return main

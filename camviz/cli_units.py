@@ -105,6 +105,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--top-n", type=int, default=16, help="top images kept per unit")
+    p.add_argument("--level", type=float, default=0.995,
+                   help="quantile level of the unit thresholds (Network Dissection: 0.995)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the scan cache")
     p.add_argument("--no-progress", action="store_true")
@@ -127,7 +129,6 @@ def register(sub: Any) -> None:
     d = sub.add_parser("dissect", help="IoU of each unit's masks with part masks")
     _common(d)
     d.add_argument("--stats", help="a scan file to use instead of scanning --data")
-    d.add_argument("--level", type=float, default=0.995, help="unit threshold quantile")
     d.add_argument("--iou", type=float, default=0.04, help="IoU that makes a part detector")
     d.add_argument("--top-k", type=int, default=5, help="top units per class in the summary")
     d.add_argument("--galleries", action="store_true", help="write one PNG per class")
@@ -139,7 +140,8 @@ def _scan(args: argparse.Namespace, net: Any, data: Dataset) -> Any:
     from camviz.scan import scan
 
     return scan(net, data, batch_size=args.batch_size, num_workers=args.workers,
-                top_n=args.top_n, cache=not args.no_cache, progress=not args.no_progress)
+                top_n=args.top_n, level=args.level, cache=not args.no_cache,
+                progress=not args.no_progress)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -153,7 +155,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     t = stats.thresholds()
     print(f"camviz scan: {stats.num_images} images, {stats.num_units} units, "
           f"feature map {stats.feature_size[0]}x{stats.feature_size[1]}; "
-          f"T(0.995) median {float(t.median()):.4g}")
+          f"T({stats.level}) median {float(t.median()):.4g}")
     print(f"output: {out.resolve()}")
     return 0
 

@@ -242,6 +242,7 @@ class UnitStats:
     input_size: tuple[int, int] = (0, 0)
     weight: torch.Tensor | None = None  # (C, K) head weight at scan time
     bias: torch.Tensor | None = None  # (C,)
+    level: float = DEFAULT_LEVEL  # default quantile level of thresholds()
     meta: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -276,8 +277,10 @@ class UnitStats:
     def num_units(self) -> int:
         return self.quantiles.channels
 
-    def thresholds(self, level: float = DEFAULT_LEVEL) -> torch.Tensor:
+    def thresholds(self, level: float | None = None) -> torch.Tensor:
         """Per-unit activation threshold T_k: the dataset quantile at ``level`` (K,).
+
+        ``level`` None: the scan's level (:attr:`level`, 0.995 unless given to :func:`scan`).
 
         Example:
             >>> st = UnitStats.empty(2, ["a"])
@@ -287,7 +290,7 @@ class UnitStats:
         """
         if self.quantiles.count == 0:
             raise CamvizError("these UnitStats saw no image; run camviz.scan(net, dataset) first")
-        return self.quantiles.quantile(float(level))
+        return self.quantiles.quantile(float(self.level if level is None else level))
 
     def top_images(self, unit: int, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Dataset indices and spatial-max scores of unit ``unit``'s top images (best first).
@@ -416,6 +419,7 @@ class UnitStats:
             "num_images": self.num_images,
             "feature_size": list(self.feature_size),
             "input_size": list(self.input_size),
+            "level": self.level,
             "meta": self.meta,
         }
         arrays["info"] = np.array(json.dumps(info))
@@ -477,6 +481,7 @@ class UnitStats:
             input_size=tuple(info["input_size"]),
             weight=t(arr["weight"]) if "weight" in arr else None,
             bias=t(arr["bias"]) if "bias" in arr else None,
+            level=float(info.get("level", DEFAULT_LEVEL)),
             meta=dict(info.get("meta", {})),
         )
 
@@ -499,8 +504,7 @@ def accumulate(stats: UnitStats, res: Any, labels: torch.Tensor, first_index: in
     """
     f = res.features  # (B, K, h, w) float32 on the device
     b, k = f.shape[:2]
-    # (K, B*h*w) contiguous, handed over as its (N, K) transpose view: one copy only
-    stats.quantiles.update(f.transpose(0, 1).reshape(k, -1).T)
+    stats.quantiles.update_channels_first(f.transpose(0, 1).reshape(k, -1))  # (K, B*h*w)
     idx = torch.arange(first_index, first_index + b, device=f.device)
     stats.top.update(f.amax(dim=(2, 3)), idx)
     pooled = res.pooled().to(torch.float64)
@@ -508,13 +512,16 @@ def accumulate(stats: UnitStats, res: Any, labels: torch.Tensor, first_index: in
     pooled = pooled.to(dev)
     stats.pooled_sum += pooled.sum(0)
     labels = labels.to(dev)
-    ok = (labels >= 0) & (labels < len(stats.classes))
-    if bool(ok.any()):
-        stats.label_sum.index_add_(0, labels[ok], pooled[ok])
-        stats.label_count.index_add_(0, labels[ok], torch.ones_like(labels[ok]))
-    pred = res.logits.argmax(1).to(dev)
-    stats.pred_sum.index_add_(0, pred, pooled)
-    stats.pred_count.index_add_(0, pred, torch.ones_like(pred))
+    c = len(stats.classes)
+    # one-hot matmuls rather than index_add_ (float64 index_add_ is slow on CPU); labels out of
+    # range (-1: no label) give an all-zero row
+    ok = (labels >= 0) & (labels < c)
+    onehot = torch.nn.functional.one_hot(torch.where(ok, labels, c), c + 1)[:, :c]
+    stats.label_sum += onehot.T.to(torch.float64) @ pooled
+    stats.label_count += onehot.sum(0)
+    pred = torch.nn.functional.one_hot(res.logits.argmax(1).to(dev), c)
+    stats.pred_sum += pred.T.to(torch.float64) @ pooled
+    stats.pred_count += pred.sum(0)
     stats.num_images += b
     stats.feature_size = (int(f.shape[2]), int(f.shape[3]))
 
@@ -525,6 +532,7 @@ def scan(
     batch_size: int = 32,
     num_workers: int = 0,
     top_n: int = 16,
+    level: float = DEFAULT_LEVEL,
     resolution: int = DEFAULT_RESOLUTION,
     cache: bool | str | os.PathLike[str] = True,
     progress: bool = True,
@@ -532,9 +540,10 @@ def scan(
 ) -> UnitStats:
     """One pass of ``net`` over ``dataset`` collecting :class:`UnitStats` (see module doc).
 
-    ``top_n``: top images kept per unit; ``resolution``: the quantile sketch's resolution
-    (default: rank error < 1e-3 at 0.995); thresholds at any level are answered afterwards by
-    :meth:`UnitStats.thresholds`. ``cache``: True for the default cache folder, a folder
+    ``top_n``: top images kept per unit; ``level``: the default quantile level of the unit
+    thresholds (any other level can still be asked of :meth:`UnitStats.thresholds` later: the
+    sketch keeps the whole distribution); ``resolution``: the quantile sketch's resolution
+    (default: rank error < 1e-3 at 0.995). ``cache``: True for the default cache folder, a folder
     path, or False; a scan of the same weights, dataset and settings is loaded from it instead
     of recomputed.
 
@@ -560,11 +569,14 @@ def scan(
         target = folder / f"{key}.npz"
         if target.is_file():
             try:
-                return UnitStats.load(target, device=net.device)
+                cached = UnitStats.load(target, device=net.device)
+                cached.level = float(level)
+                return cached
             except CamvizError:
                 pass  # a damaged cache entry is recomputed and replaced
     stats = UnitStats.empty(net.num_units, net.classes, top_n, resolution, device=net.device)
     stats.weight, stats.bias = net.head_weight, net.head_bias
+    stats.level = float(level)
     loader = make_loader(dataset, getattr(net, "transform", None), batch_size, num_workers,
                          pin_memory=net.device.type == "cuda")
     bar = None

@@ -157,17 +157,52 @@ class RunningQuantile:
                 f"RunningQuantile.update expects shape (N, {self.channels}); got {tuple(x.shape)}. "
                 "Flatten batch and space first, e.g. feats.permute(0, 2, 3, 1).reshape(-1, C)."
             )
-        if x.shape[0] == 0:
+        self.update_channels_first(x.T)
+
+    @torch.no_grad()
+    def update_channels_first(self, x: torch.Tensor) -> None:
+        """Same as :meth:`update` for ``x`` of shape ``(channels, N)`` (no transposed copy).
+
+        Example:
+            >>> rq = RunningQuantile(channels=2)
+            >>> rq.update_channels_first(torch.arange(10.0).repeat(2, 1)); rq.max.tolist()
+            [9.0, 9.0]
+        """
+        if x.dim() != 2 or x.shape[0] != self.channels:
+            raise CamvizError(
+                f"RunningQuantile.update_channels_first expects shape ({self.channels}, N); "
+                f"got {tuple(x.shape)}."
+            )
+        n = int(x.shape[1])
+        if n == 0:
             return
         if self.min is None:
             self._init_like(x)
         x = x.to(device=self.min.device, dtype=self.min.dtype)
-        # NaN check without a host sync (this runs once per batch on a GPU): raised on query
-        self._nan = self._nan | torch.isnan(x).any()
-        self.min = torch.minimum(self.min, x.min(dim=0).values)
-        self.max = torch.maximum(self.max, x.max(dim=0).values)
-        self.levels[0] = torch.cat([self.levels[0], x.T], dim=1)
-        self.count += int(x.shape[0])
+        lo, hi = torch.aminmax(x, dim=1)
+        # NaN check without a host sync (this runs once per batch on a GPU): min/max propagate
+        # NaN, and the error is raised on query
+        self._nan = self._nan | torch.isnan(lo).any() | torch.isnan(hi).any()
+        self.min = torch.minimum(self.min, lo)
+        self.max = torch.maximum(self.max, hi)
+        # A block larger than level 0 is sorted once and compacted on its own, level by level
+        # (a sorted block halves by a strided slice, no further sort), until it fits a level.
+        h = 0
+        if n > self._capacity(0):
+            x = torch.sort(x, dim=1).values
+            while x.shape[1] > self._capacity(h):
+                m = x.shape[1]
+                if h + 1 == len(self.levels):
+                    self.levels.append(self.levels[0].new_empty(self.channels, 0))
+                    self.compactions.append(0)
+                if m % 2:  # odd one out stays at this level, with its weight
+                    self.levels[h] = torch.cat([self.levels[h], x[:, m - 1 :]], dim=1)
+                offset = _coin(self.seed, h, self.compactions[h])
+                self.compactions[h] += 1
+                x = x[:, offset : m - (m % 2) : 2]
+                h += 1
+        self.levels[h] = torch.cat([self.levels[h], x], dim=1)
+        self.count += n
         self._compress()
 
     @torch.no_grad()

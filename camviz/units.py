@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from camviz.errors import CamvizError, DatasetError, UnsafePath
-from camviz.scan import DEFAULT_LEVEL, UnitStats, _split_item
+from camviz.scan import UnitStats, _split_item
 
 __all__ = [
     "class_units",
@@ -116,7 +116,7 @@ def threshold_masks(
     return maps > t
 
 
-def _thresholds(stats: UnitStats | torch.Tensor, level: float) -> torch.Tensor:
+def _thresholds(stats: UnitStats | torch.Tensor, level: float | None) -> torch.Tensor:
     return stats if isinstance(stats, torch.Tensor) else stats.thresholds(level)
 
 
@@ -124,7 +124,7 @@ def unit_masks(
     res: Any,
     stats: UnitStats | torch.Tensor,
     units: Sequence[int] | torch.Tensor,
-    level: float = DEFAULT_LEVEL,
+    level: float | None = None,
     size: str | tuple[int, int] | None = "input",
 ) -> torch.Tensor:
     """Masks of ``units`` on the images of a :class:`~camviz.result.CamResult` (B, n, H, W) bool.
@@ -188,7 +188,7 @@ def units_on_image(
     cls: int | str,
     k: int = 4,
     index: int = 0,
-    level: float = DEFAULT_LEVEL,
+    level: float | None = None,
 ) -> Image.Image:
     """Panel: the top-``k`` units of class ``cls`` (by w_ck) masked on image ``index`` of ``res``.
 
@@ -227,7 +227,7 @@ def unit_gallery(
     stats: UnitStats,
     unit: int,
     n: int = 6,
-    level: float = DEFAULT_LEVEL,
+    level: float | None = None,
 ) -> Image.Image:
     """Panel: unit ``unit``'s top-``n`` dataset images (by spatial max) with its mask shown.
 
@@ -262,7 +262,7 @@ def class_gallery(
     cls: int | str,
     k: int = 4,
     n: int = 5,
-    level: float = DEFAULT_LEVEL,
+    level: float | None = None,
     dissection: Dissection | None = None,
 ) -> Image.Image:
     """Panel: one row per top-``k`` unit of class ``cls``, its top-``n`` images masked.
@@ -546,7 +546,7 @@ def dissect(
     net: Any,
     dataset: Any,
     stats: UnitStats,
-    level: float = DEFAULT_LEVEL,
+    level: float | None = None,
     iou_threshold: float = IOU_THRESHOLD,
     parts: Sequence[str] | None = None,
     batch_size: int = 16,
@@ -626,7 +626,8 @@ def dissect(
             bar.close()
     union = unit_area[:, None] + part_area[None, :] - inter
     return Dissection(
-        parts=names, intersection=inter.cpu(), union=union.cpu(), level=float(level),
+        parts=names, intersection=inter.cpu(), union=union.cpu(),
+        level=float(stats.level if level is None else level),
         iou_threshold=float(iou_threshold), num_images=seen,
         meta={"unit_area": unit_area.cpu().tolist(), "part_area": part_area.cpu().tolist()},
     )

@@ -40,6 +40,7 @@ __all__ = [
     "regions",
     "boxes",
     "paper_box",
+    "paper_boxes",
     "reference_boxes",
     "quantise",
     "PAPER_THRESHOLD",
@@ -175,9 +176,9 @@ def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     """The CAM paper's box: min-max normalise, keep pixels above 20% of the maximum, box the
     largest 8-connected region (most pixels). Inclusive ``(x0, y0, x1, y1)``.
 
-    One map ``(H, W)`` gives shape ``(4,)``; a batch ``(B, H, W)`` gives ``(B, 4)``. A map with
-    nothing above the threshold (a constant map) gives ``(0, 0, 0, 0)``. Tensors in, a long
-    tensor on the same device out.
+    Any batch shape works: a map ``(H, W)`` gives ``(4,)``, maps ``(..., H, W)`` give
+    ``(..., 4)``. A map with nothing above the threshold (a constant map) gives
+    ``(0, 0, 0, 0)``. Tensors in, a long tensor on the same device out.
 
     Example:
         >>> import numpy as np
@@ -187,17 +188,21 @@ def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     """
     is_t = isinstance(cam, torch.Tensor)
     arr = cam.detach().float().cpu().numpy() if is_t else np.asarray(cam)
-    single = arr.ndim == 2
-    if arr.ndim not in (2, 3):
-        raise InvalidMap(f"paper_box() takes (H, W) or (B, H, W); got shape {arr.shape}")
-    maps = _min_max_np(arr[None] if single else arr)
+    if arr.ndim < 2:
+        raise InvalidMap(f"paper_box() takes (..., H, W) maps; got shape {arr.shape}")
+    lead = arr.shape[:-2]
+    maps = _min_max_np(arr.reshape(-1, *arr.shape[-2:]))
     out = np.zeros((maps.shape[0], 4), dtype=np.int64)
     for i, m in enumerate(maps):
         b = _boxes_2d(m > threshold * m.max(), "largest")
         if len(b):
             out[i] = b[0]
-    out = out[0] if single else out
+    out = out.reshape(*lead, 4)
     return torch.from_numpy(out).to(cam.device) if is_t else out
+
+
+#: Alias of :func:`paper_box` for batches (``camviz run`` records these).
+paper_boxes = paper_box
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,12 +262,15 @@ class _Contours:
     outer contour (a polygon through the centres of the boundary pixels).
     """
 
-    def __init__(self, fg: np.ndarray) -> None:
+    def __init__(self, fg: np.ndarray, labels: tuple[Any, ...] | None = None) -> None:
         self.fg = fg
         self.h, self.w = fg.shape
-        self.lab, self.n = ndimage.label(fg, structure=_EIGHT)
-        bg = np.pad(~fg, 1, constant_values=True)
-        blab, bn = ndimage.label(bg, structure=_FOUR)
+        if labels is None:
+            self.lab, self.n = ndimage.label(fg, structure=_EIGHT)
+            bg = np.pad(~fg, 1, constant_values=True)
+            blab, bn = ndimage.label(bg, structure=_FOUR)
+        else:  # (8-connected labels, count, 4-connected labels of the padded background, count)
+            self.lab, self.n, blab, bn = labels
         outer = blab[0, 0]
         self.blab = blab
         self.hole_ids = [i for i in range(1, bn + 1) if i != outer]

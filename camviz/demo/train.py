@@ -99,7 +99,7 @@ def train(
     workers: int = 1,
     bf16: bool = True,
     progress: bool = True,
-    max_aux: float = 0.3,
+    checkpoint_every: int = 0,
     nets: tuple[str, ...] = ("demo", "demo-gmp"),
 ) -> dict[str, Any]:
     """Train the GAP ("demo") and GMP ("demo-gmp") nets together; save their state dicts.
@@ -145,24 +145,20 @@ def train(
         for k, m in models.items():
             for g in opts[k].param_groups:
                 g["lr"] = rate
-            # Early on, the GAP net also gets the loss of its own head on max-pooled features,
-            # fading linearly to zero by `max_aux` of the run: global max pooling finds small
-            # objects much sooner, and the finished net is trained on its GAP logits alone.
-            aux = max(0.0, 1.0 - step / (max_aux * steps)) if max_aux > 0 else 0.0
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                f = m.features(x)
-                pooled = f.amax(dim=(2, 3)) if m.pool == "max" else f.mean(dim=(2, 3))
-                logits = m.head(pooled)
-                if m.pool == "avg" and aux > 0:
-                    aux_logits = m.head(f.amax(dim=(2, 3)))
-            loss = main_loss = F.cross_entropy(logits.float(), y)
-            if m.pool == "avg" and aux > 0:
-                loss = (1 - aux) * loss + aux * F.cross_entropy(aux_logits.float(), y)
+                logits = m(x)
+            loss = F.cross_entropy(logits.float(), y)
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
-            v = float(main_loss.detach())
+            v = float(loss.detach())
             running[k] = v if math.isnan(running[k]) else 0.95 * running[k] + 0.05 * v
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            ck = (Path(out) if out is not None else WEIGHTS_DIR) / f"step{step + 1}"
+            ck.mkdir(parents=True, exist_ok=True)
+            for m in models.values():
+                state = {n: t.detach().clone().contiguous() for n, t in m.state_dict().items()}
+                torch.save(state, ck / WEIGHT_FILES[m.pool])
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
@@ -196,7 +192,6 @@ def train(
         "lr": lr,
         "weight_decay": weight_decay,
         "bf16_autocast": bf16,
-        "gap_max_aux_until": max_aux,
         "torch_threads": torch.get_num_threads(),
         "train_wall_s": round(train_wall, 1),
         "train_cpu_s": round(train_cpu + child_cpu, 1),
@@ -224,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="image-drawing loader processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
-    p.add_argument("--max-aux", type=float, default=0.3,
-                   help="fraction of the run during which the GAP net also learns from max pooling")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also save the weights every N steps into OUT/step<N>/ (0: never)")
     p.add_argument("--nets", default="demo,demo-gmp", help="which nets to train")
     p.add_argument("--out", default=None, help="folder for the weights (default: the package's)")
     a = p.parse_args(argv)
@@ -233,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     np.seterr(all="ignore")
     info = train(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, val=a.val, out=a.out,
-                 workers=a.workers, bf16=not a.no_bf16, max_aux=a.max_aux,
+                 workers=a.workers, bf16=not a.no_bf16, checkpoint_every=a.checkpoint_every,
                  nets=tuple(a.nets.split(",")))
     print(json.dumps({k: info[k] for k in ("train_wall_s", "train_cpu_s", "val_top1")}))
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 
 IMAGE_SIZE = 128
 WORLD_SEED = 20161
-WORLD_VERSION = 1  # bump when a change alters any generated pixel
+WORLD_VERSION = 2  # bump when a change alters any generated pixel
 
 # The shared part vocabulary. Every class is an arrangement of two or three of these, and every
 # part type is used by at least two classes, so no single part gives the class away.
@@ -156,6 +156,21 @@ def _textures() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def _part_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 0.3) -> np.ndarray:
+    """A saturated colour that stands out from ``under`` (the pixels it will cover), so that
+    every part is visible: the most distant of up to 12 draws, stopping at ``min_dist``."""
+    ref = under.reshape(-1, 3).mean(0) if under.size else np.full(3, 0.5, np.float32)
+    best, best_d = None, -1.0
+    for _ in range(12):
+        c = _colour(rng, (0.45, 1.0), (0.45, 1.0))
+        d = float(np.linalg.norm(c - ref))
+        if d > best_d:
+            best, best_d = c, d
+        if d >= min_dist:
+            break
+    return best
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     texs = _textures()
     t = texs[rng.integers(len(texs))]
@@ -167,7 +182,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     g = np.clip((g - lo) / max(hi - lo, 1e-3), 0, 1)
     c0 = _colour(rng, (0.0, 0.7), (0.15, 0.9))
     c1 = _colour(rng, (0.0, 0.7), (0.15, 0.9))
-    amp = rng.uniform(0.25, 0.7)  # contrast of the texture
+    amp = rng.uniform(0.2, 0.55)  # contrast of the texture
     mix = 0.5 + amp * (g - 0.5)
     return c0[None, None] * (1 - mix[..., None]) + c1[None, None] * mix[..., None]
 
@@ -294,6 +309,7 @@ def render_sample(
     placed = _place(_LAYOUTS[CLASSES[y]], rng, size)
     obj = np.zeros((size, size), dtype=bool)
     part_masks: list[tuple[str, np.ndarray]] = []
+    obj_drawn = np.zeros((size, size), dtype=bool)
     for kind, polys, holes in placed:
         m = _raster(polys, holes, size)
         part_masks.append((kind, m))
@@ -307,7 +323,7 @@ def render_sample(
     distr = _distractors(rng, size, box, part_px, n_distr)
 
     for _kind, m in distr:
-        img[m] = _colour(rng, (0.45, 1.0), (0.45, 1.0))
+        img[m] = _part_colour(rng, img[m])
     # Later parts occlude earlier ones; a part's mask is what stays visible of it.
     visible: dict[str, np.ndarray] = {}
     drawn = np.zeros_like(obj)
@@ -316,7 +332,8 @@ def render_sample(
         drawn |= m
         visible[kind] = visible.get(kind, np.zeros_like(obj)) | vis
     for _kind, m in part_masks:
-        img[m] = _colour(rng, (0.45, 1.0), (0.45, 1.0))
+        img[m] = _part_colour(rng, img[m & ~obj_drawn])
+        obj_drawn |= m
     img += rng.normal(0.0, 0.025, img.shape).astype(img.dtype)
     image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     parts = {k: visible[k] for k in dict.fromkeys(k for k, _ in part_masks)}

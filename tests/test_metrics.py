@@ -1,0 +1,252 @@
+"""camviz.metrics: IoU, MaxBoxAcc(V2), PxAP and the CAM paper's localization numbers.
+
+The fast all-thresholds path is checked against the one-threshold-at-a-time path (itself
+checked against OpenCV in test_localize.py) on random maps of every awkward kind; PxAP is
+checked against an independent per-threshold count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from camviz.errors import CamvizError
+from camviz.localize import InvalidMap
+from camviz.metrics import (
+    BoxAccuracy,
+    ClassicLocalization,
+    PixelAP,
+    best_iou_curve,
+    box_iou,
+    default_cam_thresholds,
+)
+
+box = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)).map(
+    lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
+)
+
+
+# ---------------------------------------------------------------- IoU
+
+
+def test_iou_inclusive_convention():
+    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]).tolist() == [[1.0]]  # one pixel
+    assert box_iou([[0, 0, 1, 1]], [[1, 1, 2, 2]])[0, 0] == 1 / 7
+    assert box_iou([[0, 0, 1, 1]], [[2, 2, 3, 3]])[0, 0] == 0.0
+    # a degenerate union (non-positive) gives 0, as in the reference
+    assert box_iou([[3, 3, 1, 1]], [[3, 3, 1, 1]])[0, 0] == 0.0
+    with pytest.raises(CamvizError, match=r"\(n, 4\)"):
+        box_iou([[0, 0, 1]], [[0, 0, 1, 1]])
+
+
+@settings(max_examples=200, deadline=None)
+@given(box, box)
+def test_iou_symmetric_bounded_and_one_with_itself(a, b):
+    ab, ba = box_iou([a], [b])[0, 0], box_iou([b], [a])[0, 0]
+    assert ab == ba and 0.0 <= ab <= 1.0
+    assert box_iou([a], [a])[0, 0] == 1.0
+
+
+# ---------------------------------------------------------------- fast == naive
+
+
+def _random_map(rng, kind):
+    h, w = (int(v) for v in rng.integers(1, 30, size=2))
+    if kind == 0:
+        return rng.random((h, w))
+    if kind == 1:
+        return (rng.random((h, w)) < 0.5) * rng.random((h, w))
+    if kind == 2:
+        return rng.integers(0, 4, (h, w)) / 3.0
+    if kind == 3:
+        return np.round(rng.random((h, w)) * 5) / 5
+    x = torch.from_numpy(
+        rng.standard_normal((1, 1, int(rng.integers(2, 7)), int(rng.integers(2, 7))))
+    )
+    m = F.interpolate(x, size=(h + 20, w + 20), mode="bicubic", align_corners=False)[0, 0].numpy()
+    if kind == 5:
+        m = np.abs(m)
+    return (m - m.min()) / (m.max() - m.min())
+
+
+def _random_gt(rng, h, w):
+    out = []
+    for _ in range(int(rng.integers(1, 3))):
+        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, h, 2).tolist())
+        out.append([x0, y0, x1, y1])
+    return out
+
+
+def test_fast_curves_equal_naive_curves_on_random_maps():
+    rng = np.random.default_rng(7)
+    ts = default_cam_thresholds()
+    for i in range(180):
+        cam = _random_map(rng, i % 6)
+        gt = _random_gt(rng, *cam.shape)
+        for multi in (False, True):
+            fast = best_iou_curve(cam, gt, ts, multi, "fast")
+            naive = best_iou_curve(cam, gt, ts, multi, "naive")
+            assert np.array_equal(fast, naive), (i, multi)
+
+
+small_maps = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    elements=st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_maps, box, st.booleans())
+def test_fast_equals_naive_property(cam, gt, multi):
+    ts = np.arange(0, 1, 0.05)
+    fast = best_iou_curve(cam, [gt], ts, multi, "fast")
+    assert np.array_equal(fast, best_iou_curve(cam, [gt], ts, multi, "naive"))
+
+
+def test_curve_refuses_bad_maps_and_methods():
+    with pytest.raises(ValueError):
+        best_iou_curve(np.full((4, 4), np.nan), [[0, 0, 1, 1]])
+    with pytest.raises(InvalidMap):
+        best_iou_curve(np.full((4, 4), 2.0), [[0, 0, 1, 1]])
+    with pytest.raises(CamvizError, match="method"):
+        best_iou_curve(np.zeros((4, 4)), [[0, 0, 1, 1]], method="quick")
+
+
+# ---------------------------------------------------------------- BoxAccuracy
+
+
+def test_box_accuracy_reference_vectors_and_semantics():
+    uni = np.array(
+        [[0, 0, 0, 0, 0], [0, 0.4, 0.4, 0.4, 0.6], [0, 0.4, 1, 0.8, 0.6], [0, 0.4, 0.4, 0.4, 0.6]]
+    )
+    acc = BoxAccuracy(cam_thresholds=[0.0, 0.2, 0.4, 0.6, 0.8], multi_contour=False)
+    acc.update(uni, [[1, 1, 4, 3]])  # hits exactly at t = 0 and 0.2
+    acc.update(np.zeros((4, 5)), [[0, 0, 0, 0]])  # box (0,0,0,0) everywhere: always a hit
+    out = acc.compute()
+    assert out["count"] == 2
+    assert out["curves"][70].tolist() == [100.0, 100.0, 100.0, 50.0, 50.0]
+    assert out["MaxBoxAcc@70"] == 100.0 and out["best_threshold"][70] == 0.0
+    assert out["MaxBoxAccV2"] == np.mean([out["MaxBoxAcc@30"], out["MaxBoxAcc@50"], 100.0])
+
+
+def test_box_accuracy_one_threshold_for_the_whole_dataset():
+    # image A is right only at low thresholds, image B only at high ones: the best single
+    # threshold gets one of them, never both
+    a = np.zeros((10, 10))
+    a[1:9, 1:9] = 0.3
+    a[4, 4] = 1.0
+    acc = BoxAccuracy(cam_thresholds=[0.1, 0.5], iou_thresholds=(50,), multi_contour=False)
+    acc.update(a, [[1, 1, 9, 9]])
+    acc.update(a, [[4, 4, 5, 5]])
+    assert acc.compute()["curves"][50].tolist() == [50.0, 50.0]
+    assert acc.compute()["MaxBoxAcc@50"] == 50.0
+
+
+def test_box_accuracy_batches_and_torch():
+    cams = torch.zeros(2, 8, 8)
+    cams[:, 2:5, 2:5] = 1.0
+    acc = BoxAccuracy()
+    acc.update(cams, [[[2, 2, 5, 5]], [[2, 2, 5, 5]]])
+    assert acc.count == 2 and acc.last.shape == (2, 100)
+    assert acc.compute()["MaxBoxAcc@70"] == 100.0
+    with pytest.raises(CamvizError, match="2 maps"):
+        acc.update(cams, [[[2, 2, 5, 5]]])
+    with pytest.raises(CamvizError, match="update"):
+        BoxAccuracy().compute()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(small_maps, box), min_size=1, max_size=4), st.booleans())
+def test_adding_a_correct_image_never_lowers_accuracy(items, multi):
+    ts = np.arange(0, 1, 0.1)
+    acc = BoxAccuracy(cam_thresholds=ts, multi_contour=multi)
+    for cam, gt in items:
+        acc.update(cam, [gt])
+    before = acc.compute()
+    # a map whose every threshold gives exactly the ground-truth box (one-past convention)
+    perfect = np.zeros((8, 8))
+    perfect[2:5, 3:6] = 1.0
+    acc.update(perfect, [[3, 2, 6, 5]])
+    after = acc.compute()
+    assert (acc.last[0] == 1.0).all()
+    for d in (30, 50, 70):
+        assert after[f"MaxBoxAcc@{d}"] >= before[f"MaxBoxAcc@{d}"]
+
+
+# ---------------------------------------------------------------- PxAP
+
+
+def _pxap_independent(pairs, ts):
+    """PxAP by counting, threshold by threshold (score >= t is positive)."""
+    edges = list(ts) + [1.0]
+    scores_t = np.concatenate([c[g] for c, g, _ in pairs])
+    scores_f = np.concatenate([c[~g & ~ig] for c, g, ig in pairs])
+    prec, rec = [], []
+    for t in sorted(edges, reverse=True):
+        tp, fp = (scores_t >= t).sum(), (scores_f >= t).sum()
+        if tp + fp == 0:
+            prec.append(None)
+        else:
+            prec.append(tp / (tp + fp))
+        rec.append(tp / len(scores_t))
+    total, prev = 0.0, 0.0
+    for p, r in zip(prec, rec, strict=True):
+        if p is not None:
+            total += p * (r - prev)
+        prev = r
+    return total * 100
+
+
+def test_pxap_matches_an_independent_count():
+    rng = np.random.default_rng(3)
+    ts = default_cam_thresholds()
+    px = PixelAP()
+    pairs = []
+    for _ in range(6):
+        cam = np.round(rng.random((12, 14)), 3)
+        cam[0, 0], cam[0, 1] = 1.0, 0.0
+        gt = rng.random((12, 14)) < 0.3
+        ign = (rng.random((12, 14)) < 0.2) & ~gt
+        px.update(cam, gt.astype(np.uint8) * 255, ignore=ign | (rng.random((12, 14)) < 0.1) & gt)
+        pairs.append((cam, gt, ign))
+    got = px.compute()
+    assert abs(got["PxAP"] - _pxap_independent(pairs, ts)) < 1e-6
+    assert got["count"] == 6 and len(got["precision"]) == 102
+
+
+def test_pxap_perfect_and_errors():
+    px = PixelAP()
+    px.update(np.array([[0.9, 0.8], [0.1, 0.0]]), np.array([[1, 1], [0, 0]]))
+    assert px.compute()["PxAP"] == 100.0
+    with pytest.raises(CamvizError, match="resize"):
+        px.update(np.zeros((3, 3)), np.zeros((2, 2)))
+    empty = PixelAP()
+    empty.update(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(CamvizError, match="foreground"):
+        empty.compute()
+
+
+# ---------------------------------------------------------------- classic CAM-paper numbers
+
+
+def test_classic_localization_counts():
+    cam = np.zeros((8, 8))
+    cam[2:6, 2:6] = 1.0
+    loc = ClassicLocalization()
+    loc.update(cam, [[2, 2, 6, 6]], label=3, topk=[3, 1, 0, 2, 4])  # hit, top-1 right
+    loc.update(cam, [[2, 2, 6, 6]], label=1, topk=[3, 1, 0, 2, 4])  # hit, top-5 right
+    loc.update(cam, [[0, 0, 0, 0]], label=3, topk=[3, 1, 0, 2, 4])  # miss, top-1 right
+    loc.update(cam, [[2, 2, 6, 6]], label=9, topk=[3, 1, 0, 2, 4])  # hit, class wrong
+    out = loc.compute()
+    assert out["gt_known_loc"] == 75.0
+    assert out["top1_loc"] == 25.0
+    assert out["top5_loc"] == 50.0
+    assert out["top1_cls"] == 50.0 and out["top5_cls"] == 75.0
+    assert out["count"] == 4

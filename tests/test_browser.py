@@ -169,13 +169,17 @@ def page() -> Iterator[object]:
         )
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            yield context.new_page()
+            pg = context.new_page()
+            yield pg
+            ARTIFACTS.mkdir(exist_ok=True)  # the last state of the page, also after a failure
+            pg.screenshot(path=str(ARTIFACTS / "browser-last.png"))
         finally:
             browser.close()
 
 
 _PROMPTS_JS = (
-    "() => [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent.trim())"
+    "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+    ".map(e => e.textContent.trim())"
 )
 _KERNEL_READY_JS = """() => {
   const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -208,3 +212,91 @@ def run_all(page, attempts: int = 3) -> None:
         except Exception:  # playwright's TimeoutError: the race, try again
             continue
     raise AssertionError(f"Run All Cells did nothing after {attempts} attempts")
+
+
+_FIG = "document.querySelector('.camviz-browser .js-plotly-plot')"
+_VIEW_JS = f"""() => {{
+  const gd = {_FIG};
+  if (!gd || !gd.data || gd.data.length < 4 || !gd.layout.meta) return null;
+  const z = gd.data[1].z, flat = [];
+  for (const row of z) for (const v of row) flat.push(Number(v));
+  const num = a => Array.from(a || []).filter(v => v !== null && !Number.isNaN(Number(v)))
+    .map(Number);
+  return {{
+    meta: gd.layout.meta.camviz,
+    title: gd.layout.title.text,
+    zsum: flat.reduce((a, b) => a + b, 0), zlen: flat.length,
+    mask_x: num(gd.data[2].x), box_x: num(gd.data[3].x), box_y: num(gd.data[3].y),
+    opacity: gd.data[1].opacity,
+  }};
+}}"""
+_ERRORS_JS = """() => {
+  const shown = [...document.querySelectorAll('.camviz-error')]
+    .filter(e => e.offsetParent !== null && e.innerText.trim());
+  const stderr = [...document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+    .map(e => e.innerText).filter(t => /Error|Traceback/.test(t));
+  const widget = document.body.innerText.includes('Error displaying widget') ?
+    ['Error displaying widget'] : [];
+  return [...shown.map(e => e.innerText), ...stderr, ...widget];
+}"""
+
+
+def _wait_change(page, js_condition: str, timeout_ms: int = 30_000) -> float:
+    """Wait until the figure in the page satisfies a condition; return the seconds it took."""
+    t0 = time.perf_counter()
+    page.wait_for_function(f"() => {{ const v = ({_VIEW_JS})(); return v && ({js_condition}); }}",
+                           timeout=timeout_ms)
+    return time.perf_counter() - t0
+
+
+def test_quickstart_browser_in_jupyterlab(lab: LabServer, page) -> None:
+    timings: dict[str, float] = {}
+    timings["open_to_kernel_idle_s"] = open_notebook(page, lab, NOTEBOOK.name)
+    t0 = time.perf_counter()
+    run_all(page)
+    page.wait_for_function(  # every cell ran: no [ ] or [*] prompt left
+        f"() => ({_PROMPTS_JS})().every(p => /^\\[\\d+\\]:$/.test(p))", timeout=150_000)
+    page.wait_for_function(f"() => ({_VIEW_JS})() !== null", timeout=60_000)
+    timings["run_all_to_widgets_s"] = time.perf_counter() - t0
+    page.locator(".camviz-browser").scroll_into_view_if_needed()
+    before = page.evaluate(_VIEW_JS)
+    assert before["meta"]["class"] is not None and before["zlen"] > 0
+    assert len(before["mask_x"]) > 0 and len(before["box_x"]) == 5
+    assert page.evaluate(_ERRORS_JS) == []
+
+    # the class: pick the third entry of the top-5 dropdown
+    select = page.locator(".camviz-class select")
+    label = select.locator("option").nth(2).inner_text()
+    select.select_option(index=2)
+    timings["class_change_s"] = _wait_change(
+        page, f"v.meta.class !== {before['meta']['class']}")
+    after_class = page.evaluate(_VIEW_JS)
+    name = label.replace("\xa0", " ").split("  ")[0]
+    assert after_class["meta"]["class_name"] == name
+    assert abs(after_class["zsum"] - before["zsum"]) > 1e-3  # another map is drawn
+    assert after_class["meta"]["threshold"] == before["meta"]["threshold"]
+
+    # the threshold: type into the slider's readout
+    readout = page.locator(".camviz-threshold .widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0.55")
+    page.keyboard.press("Enter")
+    timings["threshold_change_s"] = _wait_change(page, "v.meta.threshold === 0.55")
+    after_t = page.evaluate(_VIEW_JS)
+    assert after_t["meta"]["class"] == after_class["meta"]["class"]
+    assert after_t["zsum"] == pytest.approx(after_class["zsum"])  # same map, new mask
+    assert after_t["mask_x"] != after_class["mask_x"]
+    assert "threshold 0.55" in after_t["title"]
+    # a higher threshold never widens the box of the largest region... it selects a subset of
+    # pixels; its box lies inside the image
+    assert min(after_t["box_x"]) >= -0.5
+
+    errors = page.evaluate(_ERRORS_JS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".camviz-browser").screenshot(path=str(ARTIFACTS / "quickstart-browser.png"))
+    page.screenshot(path=str(ARTIFACTS / "quickstart-page.png"))
+    (ARTIFACTS / "browser-timings.json").write_text(json.dumps(timings, indent=2))
+    print(json.dumps(timings))
+    assert errors == [], errors

@@ -1,0 +1,168 @@
+"""camviz.datasets: wsolevaluation metadata folders (boxes / masks), safe paths, missing files."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from camviz.datasets import WsolDataset, WsolMetadata, collate, safe_join, scale_boxes
+from camviz.errors import DatasetError, UnsafePath
+from camviz.images import Preprocess
+
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
+
+
+def _img(path: Path, w: int = 20, h: int = 10) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(path)
+
+
+def _mask(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8)).save(path)
+
+
+def _write(d: Path, **files: str) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / f"{name}.txt").write_text(text)
+
+
+@pytest.mark.parametrize("name", ["localize", "metrics", "datasets"])
+def test_docstring_examples(name):
+    mod = importlib.import_module(f"camviz.{name}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    assert safe_join(root, "a/b.png") == root / "a" / "b.png"
+    for bad in ["/etc/passwd", "../x.png", "a/../../x.png", "C:\\x.png", "\\\\server\\x"]:
+        with pytest.raises(UnsafePath):
+            safe_join(root, bad)
+    (tmp_path / "outside.png").write_bytes(b"x")
+    os.symlink(tmp_path / "outside.png", root / "link.png")
+    with pytest.raises(UnsafePath, match="symlink"):
+        safe_join(root, "link.png")
+    os.symlink(tmp_path, root / "up")
+    with pytest.raises(UnsafePath, match="outside the root"):
+        safe_join(root, "up/outside.png")
+    assert issubclass(UnsafePath, DatasetError)
+
+
+def test_metadata_with_an_escaping_path_is_refused(tmp_path):
+    _write(tmp_path, image_ids="../secret.png\n", class_labels="../secret.png,0\n")
+    with pytest.raises(UnsafePath, match="'..'"):
+        WsolMetadata(tmp_path)
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def test_boxes_layout_cub_style_with_separate_image_root(tmp_path):
+    meta, images = tmp_path / "metadata" / "test", tmp_path / "images"
+    _img(images / "001.Bird/a.jpg", 40, 20)
+    _img(images / "001.Bird/b.jpg", 40, 20)
+    _write(
+        meta,
+        image_ids="001.Bird/a.jpg\n001.Bird/b.jpg\n001.Bird/gone.jpg",  # no trailing newline
+        class_labels="001.Bird/a.jpg,0\n001.Bird/b.jpg,1\n001.Bird/gone.jpg,0\n",
+        image_sizes="001.Bird/a.jpg,40,20\n001.Bird/b.jpg,40,20\n001.Bird/gone.jpg,40,20\n",
+        localization="001.Bird/a.jpg,1,2,10,12\n001.Bird/a.jpg,20,0,39,19\n"
+        "001.Bird/b.jpg,0,0,5,5\n001.Bird/gone.jpg,0,0,1,1\n",
+    )
+    m = WsolMetadata(meta, image_root=images)
+    assert len(m) == 2 and m.has_boxes and not m.has_masks
+    assert m.missing == [("001.Bird/gone.jpg", "image file not found")]
+    assert m[0].boxes.tolist() == [[1, 2, 10, 12], [20, 0, 39, 19]]
+    assert m[0].label == 0 and m[1].label == 1 and m[0].size == (40, 20)
+
+
+def test_masks_layout_openimages_style(tmp_path):
+    _img(tmp_path / "imgs/x.png", 8, 4)
+    fg = np.zeros((4, 8), np.uint8)
+    fg[1:3, 1:3] = 255
+    other = np.zeros((4, 8), np.uint8)
+    other[0, 7] = 1  # any non-zero pixel is foreground (> 0.5)
+    ign = np.zeros((4, 8), np.uint8)
+    ign[:, 0:4] = 255
+    _mask(tmp_path / "masks/x_a.png", fg)
+    _mask(tmp_path / "masks/x_b.png", other)
+    _mask(tmp_path / "masks/x_ign.png", ign)
+    _write(
+        tmp_path,
+        image_ids="imgs/x.png\n",
+        class_labels="imgs/x.png,4\n",
+        localization="imgs/x.png,masks/x_a.png,masks/x_ign.png\nimgs/x.png,masks/x_b.png,\n",
+    )
+    m = WsolMetadata(tmp_path)
+    assert m.has_masks and not m.has_boxes and len(m[0].mask_paths) == 2
+    item = WsolDataset(m)[0]
+    assert item["mask"].sum() == 5 and item["mask"][0, 7]
+    # ignore minus foreground
+    assert item["ignore"].sum() == 16 - 4 and not (item["ignore"] & item["mask"]).any()
+    big = WsolDataset(m, map_size=(16, 8))[0]  # nearest-neighbour resize to (W, H)
+    assert big["mask"].shape == (8, 16) and big["mask"].sum() == 20
+
+
+def test_missing_mask_is_reported_not_fatal(tmp_path):
+    _img(tmp_path / "x.png")
+    _img(tmp_path / "y.png")
+    _mask(tmp_path / "ym.png", np.zeros((10, 20)))
+    _write(
+        tmp_path,
+        image_ids="x.png\ny.png\n",
+        class_labels="x.png,0\ny.png,1\n",
+        localization="x.png,nomask.png,\ny.png,ym.png,\n",
+    )
+    m = WsolMetadata(tmp_path)
+    assert [r.image_id for r in m.records] == ["y.png"]
+    assert m.missing[0][0] == "x.png" and "mask file not found" in m.missing[0][1]
+
+
+def test_malformed_metadata_says_what_is_wrong(tmp_path):
+    _img(tmp_path / "x.png")
+    _write(tmp_path, image_ids="x.png\n", class_labels="x.png,cat\n")
+    with pytest.raises(DatasetError, match="not a number"):
+        WsolMetadata(tmp_path)
+    _write(tmp_path, image_ids="x.png\n", class_labels="x.png,0\n", localization="x.png,1,2\n")
+    with pytest.raises(DatasetError, match="x0,y0,x1,y1"):
+        WsolMetadata(tmp_path)
+    with pytest.raises(DatasetError, match="image_ids.txt"):
+        WsolMetadata(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- boxes and the torch Dataset
+
+
+def test_scale_boxes_truncates_like_the_reference():
+    assert scale_boxes([[10, 20, 99, 149]], (100, 150), (224, 224)).tolist() == [[22, 29, 221, 222]]
+    assert scale_boxes([[0, 0, 127, 127]], (128, 128), (224, 224)).tolist() == [[0, 0, 222, 222]]
+
+
+def test_demo_fixture_as_torch_dataset():
+    prep = Preprocess(resize=(64, 64))
+    ds = WsolDataset(FIXTURE, transform=prep, map_size=(64, 64))
+    assert len(ds) == 32 and ds.missing == []
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64)
+    assert item["boxes"].shape == (1, 4) and item["mask"].shape == (64, 64)
+    x0, y0, x1, y1 = item["boxes"][0]
+    ys, xs = np.nonzero(item["mask"])
+    assert x0 <= xs.min() + 1 and xs.max() <= x1 + 1 and y0 <= ys.min() + 1 and ys.max() <= y1 + 1
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
+    assert batch["image"].shape == (4, 3, 64, 64)
+    assert isinstance(batch["label"], torch.Tensor) and len(batch["boxes"]) == 4

@@ -34,6 +34,7 @@ from camviz.render import grid, overlay
 # Modules that add subcommands: each exposes register(subparsers).
 _EXTRA_COMMANDS: list[str] = [
     "camviz.cli_units",
+    "camviz.cli_eval",
 ]
 
 RESULTS = "results.jsonl"

@@ -170,8 +170,16 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _jpeg(arr: np.ndarray) -> bytes:
+    """Pictures for the page go as JPEG (quality 92): 0.4 ms for 224 x 224 where PNG took 9 ms.
+    Exports stay lossless (PNG/SVG/PDF)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
 def _data_uri(arr: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png(arr)).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(_jpeg(arr)).decode("ascii")
 
 
 def _label_of(item: Any, i: int) -> str:
@@ -269,6 +277,7 @@ class Browser(W.VBox):
         self.items = _as_items(images)
         self.forward_passes = 0
         self.last_redraw_ms = 0.0
+        self.last_forward_ms = 0.0
         self._cache: dict[int, _ImageView | Exception] = {}
         self._galleries: dict[int, np.ndarray] = {}
         self._thresholds: torch.Tensor | None = None
@@ -318,7 +327,7 @@ class Browser(W.VBox):
         self.unit_cards: list[tuple[W.Image, W.HTML, W.Button]] = []
         cards = []
         for j in range(self.n_units):
-            img = W.Image(format="png", width=TILE, height=TILE).add_class("camviz-unit-image")
+            img = W.Image(format="jpeg", width=TILE, height=TILE).add_class("camviz-unit-image")
             lab = W.HTML(value="").add_class("camviz-unit-label")
             btn = W.Button(description="show", layout=W.Layout(width=f"{TILE}px"))
             btn.add_class("camviz-unit-btn")
@@ -480,12 +489,14 @@ class Browser(W.VBox):
             return self._cache[i]
         item = self.items[i]
         try:
+            t0 = time.perf_counter()
             with _threads(getattr(self, "_threads_outside", torch.get_num_threads())):
                 if isinstance(item, torch.Tensor):
                     res = self.net.run(item if item.ndim == 4 else item[None])
                 else:
                     res = self.net.run([item])
             self.forward_passes += 1
+            self.last_forward_ms = (time.perf_counter() - t0) * 1e3
             image = res.images()[0]
             h, w = image.shape[:2]
             scale = TILE / max(h, w)
@@ -704,7 +715,7 @@ class Browser(W.VBox):
             if j >= len(self._unit_ids):
                 img.value, lab.value, btn.disabled = b"", "", True
                 continue
-            img.value = _png(tiles[j])
+            img.value = _jpeg(tiles[j])
             unit = self._unit_ids[j]
             lab.value = (f'<div style="font-size:11px;line-height:1.2">unit <b>{unit}</b><br>'
                          f"w {weights[j]:+.3g}<br>{shares[j]:+.1%} of logit</div>")

@@ -26,6 +26,9 @@ from camviz.images import Preprocess, load_image
 from camviz.result import CamResult, TopK, Units
 
 # --- localization ---
+from camviz.datasets import WsolDataset, WsolMetadata
+from camviz.localize import InvalidMap, paper_box, paper_boxes, reference_boxes
+from camviz.metrics import BoxAccuracy, ClassicLocalization, PixelAP, box_iou
 
 # --- units ---
 from camviz.scan import UnitStats, scan

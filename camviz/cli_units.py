@@ -184,7 +184,8 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                 progress=not args.no_progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = d.to_dict(net, k=args.top_k)
+    class_parts = data.class_parts(net.classes) if hasattr(data, "class_parts") else None
+    report = d.to_dict(net, k=args.top_k, class_parts=class_parts)
     report["model"], report["data"] = args.model, args.data
     _atomic_text(out / "dissection.json", json.dumps(report, indent=1) + "\n")
     n_det = sum(lab is not None for lab in d.labels)
@@ -192,7 +193,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
           f"{d.num_images} images, level {args.level}, IoU >= {args.iou}: "
           f"{n_det}/{len(d.labels)} units are part detectors "
           f"({', '.join(f'{p}: {n}' for p, n in report['detectors'].items())}).\n\n"
-          f"{d.table(net, k=args.top_k)}\n")
+          f"{d.table(net, k=args.top_k, class_parts=class_parts)}\n")
     _atomic_text(out / "dissection.md", md)
     if args.galleries:
         for c, name in enumerate(net.classes):

@@ -65,7 +65,8 @@ def scan_cache_dir() -> Path:
 
 
 def model_fingerprint(net: Any) -> str:
-    """SHA-256 (hex, 16 chars) of the model's weights and buffers, class names and pooling.
+    """SHA-256 (hex, 16 chars) of the model's architecture (repr), weights and buffers, class
+    names, pooling and preprocessing.
 
     Example:
         >>> from torch import nn
@@ -75,7 +76,9 @@ def model_fingerprint(net: Any) -> str:
         True
     """
     h = hashlib.sha256()
-    h.update(json.dumps([type(net.model).__name__, net.pool, list(net.classes)]).encode())
+    # the module tree's repr carries the hyper-parameters that weights do not (dilation,
+    # padding, stride...), so a changed architecture with same-shaped weights still differs
+    h.update(json.dumps([repr(net.model), net.pool, list(net.classes)]).encode())
     for name, t in net.model.state_dict().items():
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())

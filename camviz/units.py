@@ -370,6 +370,34 @@ class PartsFolder(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def class_parts(
+        self, classes: Sequence[str] | None = None, min_fraction: float = 0.5
+    ) -> dict[Any, list[str]]:
+        """Per class, the parts listed for at least ``min_fraction`` of its images.
+
+        Keys are class names when ``classes`` (index -> name) is given, else class indices.
+
+        Example:
+            >>> from camviz.demo import write_split
+            >>> import tempfile
+            >>> ds = PartsFolder(write_split("test", 4, tempfile.mkdtemp(), progress=False))
+            >>> all(set(p) <= set(ds.part_names) for p in ds.class_parts().values())
+            True
+        """
+        seen: dict[int, dict[str, int]] = {}
+        count: dict[int, int] = {}
+        for img, label in zip(self.image_ids, self.labels, strict=True):
+            count[label] = count.get(label, 0) + 1
+            for name in dict.fromkeys(n for n, _ in self.parts[img]):
+                seen.setdefault(label, {})[name] = seen.setdefault(label, {}).get(name, 0) + 1
+        out: dict[Any, list[str]] = {}
+        for label in sorted(count):
+            if label < 0:
+                continue
+            names = [n for n, c in seen.get(label, {}).items() if c >= min_fraction * count[label]]
+            out[classes[label] if classes is not None else label] = sorted(names)
+        return out
+
     def _geometry(self, mask: np.ndarray) -> torch.Tensor:
         m = torch.from_numpy(mask.astype(np.float32))[None]
         if self.transform is not None and hasattr(self.transform, "geometry"):
@@ -456,8 +484,13 @@ class Dissection:
             out[p].sort(key=lambda k: -iou[k])
         return out
 
-    def class_summary(self, net: Any, k: int = 5) -> list[dict[str, Any]]:
+    def class_summary(
+        self, net: Any, k: int = 5, class_parts: dict[str, Sequence[str]] | None = None
+    ) -> list[dict[str, Any]]:
         """Per class: its top-``k`` units by w_ck, how many are part detectors, and which parts.
+
+        With ``class_parts`` (class name -> the parts its objects are made of, e.g.
+        :meth:`PartsFolder.class_parts`), ``own`` counts the detectors of the class's own parts.
 
         Example:
             >>> from torch import nn
@@ -477,11 +510,18 @@ class Dissection:
                 units.append({"unit": unit, "weight": wk, "part": labels[unit],
                               "iou": iou[unit]})
             parts = [u["part"] for u in units if u["part"] is not None]
-            rows.append({"class": name, "units": units,
-                         "detectors": len(parts), "parts": sorted(set(parts))})
+            row = {"class": name, "units": units, "detectors": len(parts),
+                   "parts": sorted(set(parts))}
+            if class_parts is not None:
+                mine = set(class_parts.get(name, ()))
+                row["own"] = sum(p in mine for p in parts)
+                row["class_parts"] = sorted(mine)
+            rows.append(row)
         return rows
 
-    def table(self, net: Any, k: int = 5) -> str:
+    def table(
+        self, net: Any, k: int = 5, class_parts: dict[str, Sequence[str]] | None = None
+    ) -> str:
         """The per-class summary as a Markdown table.
 
         Example:
@@ -490,19 +530,26 @@ class Dissection:
             >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 1), classes=["x"], device="cpu")
             >>> d = Dissection(["a"], torch.ones(2, 1), torch.full((2, 1), 4.0), 0.995)
             >>> print(d.table(net, k=1).splitlines()[2])  # doctest: +ELLIPSIS
-            | x | 1/1 | a | u... a (0.25) |
+            | x | 1/1 | a | u... a (0.250) |
         """
-        lines = [f"| class | part detectors in top {k} | parts | units (part, IoU) |",
-                 "| --- | --- | --- | --- |"]
-        for row in self.class_summary(net, k):
+        own = class_parts is not None
+        head = f"| class | part detectors in top {k} | parts |"
+        head += " of its own parts | its parts |" if own else ""
+        lines = [head + " units (part, IoU) |", "| --- " * (6 if own else 4) + "|"]
+        for row in self.class_summary(net, k, class_parts):
             units = ", ".join(
-                f"u{u['unit']} {u['part'] or '-'} ({u['iou']:.2f})" for u in row["units"]
+                f"u{u['unit']} {u['part'] or '-'} ({u['iou']:.3f})" for u in row["units"]
             )
-            lines.append(f"| {row['class']} | {row['detectors']}/{len(row['units'])} | "
-                         f"{', '.join(row['parts']) or '-'} | {units} |")
+            line = (f"| {row['class']} | {row['detectors']}/{len(row['units'])} | "
+                    f"{', '.join(row['parts']) or '-'} |")
+            if own:
+                line += f" {row['own']}/{row['detectors']} | {', '.join(row['class_parts'])} |"
+            lines.append(f"{line} {units} |")
         return "\n".join(lines)
 
-    def to_dict(self, net: Any = None, k: int = 5) -> dict[str, Any]:
+    def to_dict(
+        self, net: Any = None, k: int = 5, class_parts: dict[str, Sequence[str]] | None = None
+    ) -> dict[str, Any]:
         """JSON-ready summary (per unit best part and IoU; per class summary given ``net``).
 
         Example:
@@ -520,7 +567,7 @@ class Dissection:
             "meta": self.meta,
         }
         if net is not None:
-            out["classes"] = self.class_summary(net, k)
+            out["classes"] = self.class_summary(net, k, class_parts)
         return out
 
 

@@ -145,6 +145,10 @@ def test_cache_hit_skips_the_pass_and_changes_invalidate(tiny_net, tmp_path, mon
         tiny_net.head_weight  # noqa: B018 - read only
         tiny_net.model.head.weight[0, 0] += 1.0
     assert model_fingerprint(tiny_net) != fp
+    fp = model_fingerprint(tiny_net)
+    tiny_net.model.features[0].dilation = (2, 2)  # same weights, another network
+    assert model_fingerprint(tiny_net) != fp
+    tiny_net.model.features[0].dilation = (1, 1)
     assert dataset_fingerprint(Pictures(seed=1)) != dataset_fingerprint(data)
     assert dataset_fingerprint(Pictures(n=22)) != dataset_fingerprint(data)
     scan(tiny_net, data, cache=True, progress=False)

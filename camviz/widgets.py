@@ -434,6 +434,11 @@ class Browser(W.VBox):
     # ---------------------------------------------------------------- figure
 
     def _make_figure(self, size: int) -> go.FigureWidget:
+        try:
+            import anywidget  # noqa: F401  (plotly >= 6 builds FigureWidget on it)
+        except ImportError as err:
+            raise CamvizError("the browser needs anywidget for plotly's FigureWidget: "
+                              "pip install 'anywidget>=0.9'") from err
         blank = np.full((8, 8, 3), 240, np.uint8)
         layout = go.Layout(
             width=size, height=size + 30, margin=dict(l=4, r=4, t=36, b=4),

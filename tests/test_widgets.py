@@ -289,3 +289,16 @@ def test_browse_accepts_a_model_name_and_a_folder(tmp_path, images, monkeypatch)
     b = camviz.browse("whatever", tmp_path)
     assert [lab for lab, _ in b.image_picker.options] == ["0.png", "1.png"]
     assert b.net is net
+
+
+def test_image_change_redraws_picture_map_and_classes(net, images):
+    b = Browser(net, images)
+    src0, z0 = b.figure.data[0].source, np.asarray(b.figure.data[1].z).copy()
+    b.image_picker.value = 2
+    assert b.figure.data[0].source != src0 and b.figure.data[0].source.startswith("data:image/")
+    top = b.result.topk(5).indices[0].tolist()
+    assert [v for _, v in b.class_picker.options] == top and b.class_index == top[0]
+    np.testing.assert_allclose(np.asarray(b.figure.data[1].z),
+                               display_map(_cam01(b, top[0]))[0], atol=1e-6)
+    assert not np.allclose(np.asarray(b.figure.data[1].z), z0)
+    assert b.figure.layout.meta["camviz"]["image"] == 2

@@ -60,9 +60,11 @@ __all__ = ["Browser", "browse", "box_path", "colorscale", "display_map", "mask_o
 
 TILE = 96
 #: The heatmap goes to the page as block means of the full-resolution map, at most this many
-#: cells on the long side: plotly sends 2-d arrays as nested JSON lists (a 224 x 224 map cost
-#: 11 ms per update, 112 x 112 2 ms), and the map is smooth (bilinear from h x w cells).
-DISPLAY_CELLS = 112
+#: cells on the long side, drawn with bilinear smoothing. plotly sends 2-d arrays as nested JSON
+#: lists, whose walk was the largest part of a redraw (224 x 224: 11 ms per update, 112 x 112:
+#: 2 ms in Python alone); the map is smooth anyway (bilinear from h x w feature cells). Mask
+#: and box are computed on the full-resolution map.
+DISPLAY_CELLS = 64
 MASK_COLOR = "white"
 BOX_COLOR = "#00ff00"
 #: Failures of one image that the browser shows instead of raising (a bad file, a bad array,

@@ -302,3 +302,13 @@ def test_image_change_redraws_picture_map_and_classes(net, images):
                                display_map(_cam01(b, top[0]))[0], atol=1e-6)
     assert not np.allclose(np.asarray(b.figure.data[1].z), z0)
     assert b.figure.layout.meta["camviz"]["image"] == 2
+
+
+@pytest.mark.parametrize("name", ["widgets", "export"])
+def test_docstring_examples(name: str) -> None:
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"camviz.{name}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

@@ -121,8 +121,9 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def gt_maps(res: Any, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The ground-truth classes' maps as the reference scores them: raw CAM (no bias), bicubic
-    to ``size`` (H, W), min-max normalised per map (constant or NaN -> zeros). (B, H, W).
+    """The ground-truth classes' maps as the reference scores them: raw CAM (no bias), in
+    float64 on the CPU, bicubic to ``size`` (H, W), min-max normalised per map (constant or NaN
+    -> zeros). (B, H, W) float64 CPU tensor, ready for the metrics.
 
     Example:
         >>> from camviz.gapnet import GapNet
@@ -132,6 +133,9 @@ def gt_maps(res: Any, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         torch.Size([2, 16, 16])
     """
     raw = res.cams(labels.to(res.device)[:, None])  # (B, 1, h, w)
+    # the reference works in float64 (t2n), then cv2 INTER_CUBIC: torch's bicubic in float64
+    # gives the same values (to 1e-15 at 7 -> 224)
+    raw = raw.detach().to("cpu", torch.float64)
     if tuple(raw.shape[-2:]) != tuple(size):
         raw = F.interpolate(raw, size=size, mode="bicubic", align_corners=False)
     return min_max(raw)[:, 0].clamp_(0, 1)

@@ -397,6 +397,7 @@ class BoxAccuracy:
         self.method = method
         self.num_correct = {d: np.zeros(len(self.cam_thresholds)) for d in self.iou_thresholds}
         self.count = 0
+        self.last: np.ndarray | None = None
 
     def update(self, cam: Any, gt_boxes: Any) -> None:
         """Add one map (H, W) with its boxes (m, 4), or a batch (B, H, W) with a list of them.
@@ -514,6 +515,7 @@ class ClassicLocalization:
         self.iou_threshold = float(iou_threshold)
         self.n = 0
         self.hits = {"gt_known_loc": 0, "top1_loc": 0, "top5_loc": 0, "top1_cls": 0, "top5_cls": 0}
+        self.last_hit: bool | None = None
 
     def update(self, cam: Any, gt_boxes: Any, label: int, topk: Sequence[int] | Any) -> None:
         """Add one image: the map (H, W) in [0, 1] of its ground-truth class, its boxes, its

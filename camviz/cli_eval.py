@@ -154,6 +154,7 @@ def evaluate(
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
 
     Returns a dict: ``images``, ``failed`` (list of [image_id, error]), ``missing``,
+    ``no_boxes`` (images of a box split without a box line: left out of the box scores),
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
@@ -182,6 +183,8 @@ def evaluate(
     classic = ClassicLocalization(paper_threshold)
     pxap = PixelAP(ts) if meta.has_masks else None
     failed: list[list[str]] = []
+    no_gt: list[str] = []
+    n_cls = top1 = top5_hits = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -198,10 +201,16 @@ def evaluate(
                 top5 = res.topk(min(5, res.logits.shape[1])).indices.cpu().numpy()
                 for j, cam in enumerate(maps):
                     boxes = batch["boxes"][j]
-                    if meta.has_boxes:
+                    label = int(labels[j])
+                    n_cls += 1
+                    top1 += int(top5[j][0] == label)
+                    top5_hits += int(label in top5[j][:5].tolist())
+                    if meta.has_boxes and len(boxes) == 0:
+                        no_gt.append(batch["image_id"][j])
+                    elif meta.has_boxes:
                         v2.update(cam, boxes)
                         v1.update(cam, boxes)
-                        classic.update(cam, boxes, int(labels[j]), top5[j])
+                        classic.update(cam, boxes, label, top5[j])
                     if pxap is not None and "mask" in batch:
                         pxap.update(cam, batch["mask"][j], batch["ignore"][j])
             if bar is not None:
@@ -209,15 +218,16 @@ def evaluate(
     if bar is not None:
         bar.close()
     out: dict[str, Any] = {
-        "images": v2.count if meta.has_boxes else (pxap.count if pxap else 0),
+        "images": n_cls,
         "failed": failed,
         "missing": [list(m) for m in meta.missing],
+        "no_boxes": no_gt,
+        "top1_cls": top1 * 100.0 / n_cls if n_cls else None,
+        "top5_cls": top5_hits * 100.0 / n_cls if n_cls else None,
     }
     if meta.has_boxes and v2.count:
         c = classic.compute()
-        out.update(
-            {k: c[k] for k in ("top1_cls", "top5_cls", "gt_known_loc", "top1_loc", "top5_loc")}
-        )
+        out.update({k: c[k] for k in ("gt_known_loc", "top1_loc", "top5_loc")})
         out["paper_threshold"] = paper_threshold
         r2, r1 = v2.compute(), v1.compute()
         for d in (30, 50, 70):

@@ -17,7 +17,9 @@ from camviz.errors import DatasetError
 from camviz.metrics import BoxAccuracy, PixelAP
 
 
-def _split(root: Path, n: int = 5, masks: bool = True, corrupt: bool = True) -> Path:
+def _split(
+    root: Path, n: int = 5, masks: bool = True, corrupt: bool = True, boxes: bool = True
+) -> Path:
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -44,7 +46,8 @@ def _split(root: Path, n: int = 5, masks: bool = True, corrupt: bool = True) -> 
     (root / "image_ids.txt").write_text("\n".join(ids))
     (root / "class_labels.txt").write_text("\n".join(labels))
     (root / "image_sizes.txt").write_text("\n".join(sizes))
-    (root / "localization.txt").write_text("\n".join(loc))
+    if boxes:
+        (root / "localization.txt").write_text("\n".join(loc))
     if masks:
         (root / "localization_masks.txt").write_text("\n".join(mloc))
     return root
@@ -145,3 +148,11 @@ def test_camviz_run_records_boxes(tiny_net, tmp_path):
     assert len(rec["boxes"]) == 3
     for x0, y0, x1, y1 in rec["boxes"]:
         assert 0 <= x0 <= x1 < 32 and 0 <= y0 <= y1 < 32
+
+
+def test_masks_only_split_gives_pxap_and_classification(tiny_net, tmp_path):
+    meta = WsolMetadata(_split(tmp_path / "s", boxes=False, corrupt=False))
+    assert meta.has_masks and not meta.has_boxes
+    out = evaluate(tiny_net, meta, progress=False)
+    assert out["images"] == 5 and out["top5_cls"] == 100.0
+    assert 0.0 <= out["PxAP"] <= 100.0 and "MaxBoxAccV2" not in out

@@ -715,7 +715,7 @@ class Browser(W.VBox):
         self._units = u
         ids = u.ids[0]
         self._unit_ids = [int(i) for i in ids.tolist()]
-        tiles, _areas = self._unit_tiles(ids)
+        tiles, areas = self._unit_tiles(ids)
         weights = u.weights[0].tolist()
         shares = u.share[0].tolist()
         for j, (img, lab, btn) in enumerate(self.unit_cards):
@@ -725,7 +725,8 @@ class Browser(W.VBox):
             img.value = _jpeg(tiles[j])
             unit = self._unit_ids[j]
             lab.value = (f'<div style="font-size:11px;line-height:1.2">unit <b>{unit}</b><br>'
-                         f"w {weights[j]:+.3g}<br>{shares[j]:+.1%} of logit</div>")
+                         f"w {weights[j]:+.3g}<br>{shares[j]:+.1%} of logit<br>"
+                         f"mask {float(areas[j]):.0%} of image</div>")
             btn.description = f"unit {unit}"
             btn.disabled = False
         name = html.escape(self._classes[self._cls])

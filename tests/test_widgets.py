@@ -158,6 +158,7 @@ def test_unit_panel_lists_top_units_by_weight_or_contribution(net, images):
             unit = int(u.ids[0, j])
             assert f"unit <b>{unit}</b>" in lab.value
             assert f"{float(u.share[0, j]):+.1%} of logit" in lab.value
+            assert "% of image" in lab.value
             assert btn.description == f"unit {unit}"
             assert Image.open(__import__("io").BytesIO(img.value)).size[0] > 0
     b.unit_cards[0][2].click()

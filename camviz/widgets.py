@@ -530,6 +530,10 @@ class Browser(W.VBox):
         self._topk = [int(c) for c in top.indices.tolist()]
         self._set_class(self._topk[0], new_image=True)
         self.last_redraw_ms = (time.perf_counter() - t0) * 1e3
+        self.status.value = (
+            f'<span style="font-size:11px;color:#666">{self.forward_passes} forward pass(es) '
+            f"for {len(self._cache)} image(s) shown; class, threshold and unit changes reuse "
+            "the cached pass</span>")
 
     def _show_error(self, i: int, err: Exception) -> None:
         self._view = None

@@ -516,15 +516,15 @@ def accumulate(stats: UnitStats, res: Any, labels: torch.Tensor, first_index: in
     stats.pooled_sum += pooled.sum(0)
     labels = labels.to(dev)
     c = len(stats.classes)
-    # one-hot matmuls rather than index_add_ (float64 index_add_ is slow on CPU); labels out of
-    # range (-1: no label) give an all-zero row
+    # scatter-adds with accumulate=True (duplicates add up); labels out of range (-1: no label)
+    # add zeros to row 0, so nothing depends on a host sync
     ok = (labels >= 0) & (labels < c)
-    onehot = torch.nn.functional.one_hot(torch.where(ok, labels, c), c + 1)[:, :c]
-    stats.label_sum += onehot.T.to(torch.float64) @ pooled
-    stats.label_count += onehot.sum(0)
-    pred = torch.nn.functional.one_hot(res.logits.argmax(1).to(dev), c)
-    stats.pred_sum += pred.T.to(torch.float64) @ pooled
-    stats.pred_count += pred.sum(0)
+    idx = torch.where(ok, labels, torch.zeros_like(labels))
+    stats.label_sum.index_put_((idx,), pooled * ok[:, None], accumulate=True)
+    stats.label_count.index_put_((idx,), ok.to(torch.int64), accumulate=True)
+    pred = res.logits.argmax(1).to(dev)
+    stats.pred_sum.index_put_((pred,), pooled, accumulate=True)
+    stats.pred_count.index_put_((pred,), torch.ones_like(pred), accumulate=True)
     stats.num_images += b
     stats.feature_size = (int(f.shape[2]), int(f.shape[3]))
 

@@ -293,6 +293,18 @@ def test_quickstart_browser_in_jupyterlab(lab: LabServer, page) -> None:
     # pixels; its box lies inside the image
     assert min(after_t["box_x"]) >= -0.5
 
+    # a unit: its card's button shows the unit's details and its top dataset images
+    button = page.locator(".camviz-unit-btn").first
+    unit = button.inner_text().strip().removeprefix("unit ").strip()
+    t0 = time.perf_counter()
+    button.click()
+    page.wait_for_function(
+        "(u) => { const d = document.querySelector('.camviz-unit-detail');"
+        " return d && d.innerText.includes('unit ' + u); }", arg=unit, timeout=60_000)
+    page.locator(".camviz-unit-gallery").wait_for(state="visible", timeout=60_000)
+    timings["unit_gallery_first_s"] = time.perf_counter() - t0
+    assert page.evaluate(_VIEW_JS)["zsum"] == pytest.approx(after_t["zsum"])
+
     errors = page.evaluate(_ERRORS_JS)
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator(".camviz-browser").screenshot(path=str(ARTIFACTS / "quickstart-browser.png"))

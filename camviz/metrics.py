@@ -138,6 +138,14 @@ class _Map:
         zero = np.zeros_like(a)
         self.dhi = np.where(da, ad_lo, np.where(db, bc_lo, zero))
         self.dlo = np.where(da, bc_hi, np.where(db, ad_hi, zero))
+        def hist(v: np.ndarray) -> np.ndarray:
+            return np.bincount(v.ravel(), minlength=256).astype(np.int64)
+
+        h1, h2, h3, h4 = (hist(v) for v in self.v)
+        hd = hist(self.dhi) - hist(self.dlo)
+        #: 4 x Euler number and 2 x window area of the whole foreground at every level
+        self.euler4 = _suffix(h1 - h2 - h3 + h4 - 2 * hd)
+        self.area2 = _suffix(h3 + h4)
         self.rowmax = u8.max(axis=1)
         self.colmax = u8.max(axis=0)
         self._minima: tuple[np.ndarray, np.ndarray] | None = None
@@ -230,23 +238,28 @@ def _run(mp: _Map, keys: np.ndarray, gt: np.ndarray, multi: bool, out: dict[int,
         return 1
     ks = keys.astype(np.int64)
 
-    # windows of the crop (with a one-pixel margin), each owned by one region of L0
-    y0, y1, x0, x1 = sy.start, sy.stop + 1, sx.start, sx.stop + 1
-    labp = np.pad(lab, 1)
-    wg = np.maximum(
-        np.maximum(labp[:-1, :-1], labp[:-1, 1:]), np.maximum(labp[1:, :-1], labp[1:, 1:])
-    ).ravel()
-    nbin = (G + 1) * 256
-    base = wg.astype(np.int64) * 256
+    if G == 1:
+        # windows outside the one region have every level < L0: the map's own histograms
+        e4, a2 = mp.euler4[None, ks], mp.area2[None, ks]
+    else:
+        # windows of the crop (with a one-pixel margin), each owned by one region of L0
+        y0, y1, x0, x1 = sy.start, sy.stop + 1, sx.start, sx.stop + 1
+        labp = np.pad(lab, 1)
+        wg = np.maximum(
+            np.maximum(labp[:-1, :-1], labp[:-1, 1:]), np.maximum(labp[1:, :-1], labp[1:, 1:])
+        ).ravel()
+        nbin = (G + 1) * 256
+        base = wg.astype(np.int64) * 256
 
-    def counts(v: np.ndarray) -> np.ndarray:
-        return np.bincount(base + v[y0:y1, x0:x1].ravel(), minlength=nbin)
+        def counts(v: np.ndarray) -> np.ndarray:
+            return np.bincount(base + v[y0:y1, x0:x1].ravel(), minlength=nbin)
 
-    c1, c2, c3, c4 = (counts(v) for v in mp.v)
-    cd = counts(mp.dhi) - counts(mp.dlo)
-    e4 = _suffix((c1 - c2 - c3 + c4 - 2 * cd).reshape(G + 1, 256))[1:, :][:, ks]
+        c1, c2, c3, c4 = (counts(v) for v in mp.v)
+        cd = counts(mp.dhi) - counts(mp.dlo)
+        e4 = _suffix((c1 - c2 - c3 + c4 - 2 * cd).reshape(G + 1, 256))[1:, :][:, ks]
+        a2 = _suffix((c3 + c4).reshape(G + 1, 256))[1:, :][:, ks]
     chi = e4 // 4  # Euler number (8-connected) of each region's part >= L
-    area = 0.5 * _suffix((c3 + c4).reshape(G + 1, 256))[1:, :][:, ks]  # valid where hole-free
+    area = 0.5 * a2  # contourArea of each region's outer contour where it has no hole
 
     # C <= number of regional maxima; holes can only be born at interior minima
     gm, lm = _per_group(mp, mp.max_pix, mp.max_lev, lab, sy, sx, G)

@@ -94,9 +94,10 @@ _ID_ATTRS = ("fingerprint", "image_ids", "paths", "samples", "imgs", "files", "i
 def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:
     """SHA-256 (hex, 16 chars) of a dataset's length and item identities.
 
-    Identities come from the first of ``dataset.fingerprint`` (a string or a method returning
-    one), ``image_ids``, ``paths``, ``samples``, ``imgs``, ``files``, ``ids``; failing those,
-    from the bytes of ``probes`` items spread evenly over the dataset (first and last included).
+    Hashes the dataset's class and length, its ``root`` folder if it has one, the first of
+    ``dataset.fingerprint`` (a string or a method returning one), ``image_ids``, ``paths``,
+    ``samples``, ``imgs``, ``files``, ``ids``, and the bytes of ``probes`` items spread evenly
+    over the dataset (first and last included), so changed pixels or preprocessing show too.
 
     Example:
         >>> import torch
@@ -107,6 +108,9 @@ def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:
     h = hashlib.sha256()
     n = len(dataset)
     h.update(f"{type(dataset).__module__}.{type(dataset).__qualname__}:{n}".encode())
+    root = getattr(dataset, "root", None)
+    if root is not None:  # two folders may list the same relative ids
+        h.update(str(Path(root).resolve()).encode())
     for attr in _ID_ATTRS:
         val = getattr(dataset, attr, None)
         if val is None:
@@ -115,7 +119,8 @@ def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:
             val = val()
         h.update(attr.encode())
         h.update(repr(list(val) if not isinstance(val, str) else val).encode())
-        return h.hexdigest()[:16]
+        break
+    # and always the bytes of a few items, so that changed pixels or preprocessing show
     for i in sorted({round(j * (n - 1) / max(probes - 1, 1)) for j in range(probes)} if n else []):
         img, label = _split_item(dataset[i])
         arr = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.array(img))

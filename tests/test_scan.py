@@ -182,3 +182,23 @@ def test_memory_is_flat_in_dataset_size(tiny_net):
 
 def test_scan_is_exported():
     assert camviz.scan is scan and camviz.UnitStats is UnitStats
+
+
+def test_folders_with_the_same_ids_have_different_fingerprints(tmp_path):
+    from camviz.demo import demo_transform, write_split
+    from camviz.units import PartsFolder
+
+    a = PartsFolder(write_split("test", 2, tmp_path / "a", progress=False), demo_transform())
+    b = PartsFolder(write_split("val", 2, tmp_path / "b", progress=False), demo_transform())
+    assert a.image_ids == b.image_ids
+    assert dataset_fingerprint(a) != dataset_fingerprint(b)
+    assert dataset_fingerprint(a) == dataset_fingerprint(
+        PartsFolder(tmp_path / "a", demo_transform()))
+
+
+def test_worker_processes_give_the_same_stats(tiny_net):
+    data = Pictures(kind="dict")
+    one = scan(tiny_net, data, batch_size=4, cache=False, progress=False)
+    two = scan(tiny_net, data, batch_size=4, num_workers=2, cache=False, progress=False)
+    assert torch.equal(one.thresholds(), two.thresholds())
+    assert torch.equal(one.top.indices, two.top.indices)

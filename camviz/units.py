@@ -599,6 +599,7 @@ def dissect(
     batch_size: int = 16,
     num_workers: int = 0,
     progress: bool = True,
+    mask_size: int | tuple[int, int] | None = None,
 ) -> Dissection:
     """IoU of every unit's masks with every part's masks over ``dataset`` (Network Dissection).
 
@@ -607,7 +608,9 @@ def dissect(
     intersections / sum of unions (images lacking a part count with an empty part mask).
     Items: dicts with ``"image"`` and ``"parts"`` (see :class:`PartsFolder`); part masks must
     be in the network-input frame. ``parts``: the part vocabulary (default: the dataset's
-    ``part_names``, else the names met, in order).
+    ``part_names``, else the names met, in order). ``mask_size``: compare at this size instead of
+    the input size (part masks resized nearest), to save memory on large inputs or many parts
+    (NetDissect compares at 112 or 56 pixels).
 
     Example:
         >>> from torch import nn
@@ -640,7 +643,10 @@ def dissect(
     try:
         for x, part_dicts in loader:
             res = net.run(x.to(dev))
-            hw = res.input_size
+            if mask_size is None:
+                hw = tuple(res.input_size)
+            else:
+                hw = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
             for d in part_dicts:
                 for name in d:
                     if name not in names:

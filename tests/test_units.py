@@ -200,6 +200,9 @@ def test_dissection_finds_the_planted_detectors():
     assert rows[1]["detectors"] == 1 + (d.labels[1] is not None) and "b" in rows[1]["parts"]
     assert "| x |" in d.table(net, k=2)
     assert d.to_dict(net)["units"][2]["label"] == "b"
+    small = dissect(net, data, stats, level=0.6, progress=False, mask_size=8)
+    assert small.labels[0] == "a" and small.labels[2] == "b"
+    assert small.union.sum() < d.union.sum() / 2  # counted at 8 x 8, not 16 x 16
 
 
 def test_dissection_iou_threshold_labels():

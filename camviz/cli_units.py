@@ -132,6 +132,8 @@ def register(sub: Any) -> None:
     d.add_argument("--iou", type=float, default=0.04, help="IoU that makes a part detector")
     d.add_argument("--top-k", type=int, default=5, help="top units per class in the summary")
     d.add_argument("--galleries", action="store_true", help="write one PNG per class")
+    d.add_argument("--mask-size", type=int, default=None,
+                   help="compare unit and part masks at this size (default: the input size)")
     d.add_argument("--out", required=True, help="output folder (created)")
     d.set_defaults(func=cmd_dissect)
 
@@ -181,7 +183,7 @@ def cmd_dissect(args: argparse.Namespace) -> int:
                            f"units, not {args.model} ({net.num_units}); rescan")
     d = dissect(net, data, stats, level=args.level, iou_threshold=args.iou,
                 batch_size=args.batch_size, num_workers=args.workers,
-                progress=not args.no_progress)
+                progress=not args.no_progress, mask_size=args.mask_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     class_parts = data.class_parts(net.classes) if hasattr(data, "class_parts") else None

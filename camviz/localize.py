@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,8 @@ def mask(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     cam = np.asarray(cam)
     if cam.ndim < 2:
         raise InvalidMap(f"a map must be (H, W) or (..., H, W); got shape {cam.shape}")
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN map: nothing is foreground
         top = np.nanmax(cam.reshape(*cam.shape[:-2], -1), axis=-1)[..., None, None]
         return cam > threshold * top
 

@@ -311,3 +311,10 @@ def test_reference_single_box_is_one_of_the_multi_boxes(cam, t):
     fg = u8 > int(t * u8.max())
     for y, x in zip(*np.nonzero(fg), strict=True):
         assert any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in multi)
+
+
+def test_helpers_on_nan_and_constant_maps():
+    nan = np.full((3, 3), np.nan)
+    assert not mask(nan).any() and boxes(nan).shape == (0, 4)
+    assert paper_box(nan).tolist() == [0, 0, 0, 0]  # NaN -> zeros, as min_max does
+    assert boxes(np.ones((3, 3)), 0.5).tolist() == [[0, 0, 2, 2]]  # constant: all above 50%

@@ -37,24 +37,20 @@ def _rank_error(chunks, values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     return (lt / n - q).clamp(min=0) + (q - le / n).clamp(min=0)
 
 
+@pytest.mark.slow
 def test_accuracy_and_memory_on_1e7_values_per_channel():
-    n, batch, seed = 10_000_000, 1 << 16, 3
-
-    def chunks():
-        g = torch.Generator().manual_seed(seed)
-        for i in range(0, n, batch):
-            yield _gen(g, min(batch, n - i))
-
+    n, batch = 10_000_000, 1 << 16
+    data = _gen(torch.Generator().manual_seed(3), n)  # (1e7, 3): 120 MB, generated once
     rq = RunningQuantile(channels=3)
-    for x in chunks():
+    for x in torch.split(data, batch):
         rq.update(x)
     assert rq.count == n
     # memory bound documented in the class docstring
     assert rq.num_samples <= 3 * DEFAULT_RESOLUTION + 8 * len(rq.levels)
     assert sum(lvl.numel() for lvl in rq.levels) == 3 * rq.num_samples
-    err = _rank_error(chunks, rq.quantile(LEVELS), LEVELS)
+    err = _rank_error(lambda: torch.split(data, 1 << 21), rq.quantile(LEVELS), LEVELS)
     assert err.max() <= 1e-3, err
-    assert err[3].max() <= 5e-4  # q = 0.995, all three distributions (measured ~5e-5)
+    assert err[3].max() <= 5e-4  # q = 0.995, all three distributions (measured ~1e-4)
     # the ReLU channel really is sparse and its median is an exact tie at 0
     assert rq.quantile(0.5)[2].item() == 0.0
     assert rq.quantile(0.995)[2].item() > 0.0

@@ -24,6 +24,21 @@ def _ids(p: Path) -> str:
     return p.stem
 
 
+def _slowest_cells(nb: nbformat.NotebookNode, n: int = 3) -> str:
+    """The n slowest cells with their seconds, from nbclient's recorded timings."""
+    from datetime import datetime
+
+    spans = []
+    for i, cell in enumerate(nb.cells):
+        ex = cell.get("metadata", {}).get("execution", {})
+        start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+        if start and end:
+            secs = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                    - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+            spans.append((secs, i))
+    return ", ".join(f"cell {i} {secs:.1f} s" for secs, i in sorted(spans, reverse=True)[:n])
+
+
 def test_there_are_notebooks():
     assert any(p.name == "01_quickstart.ipynb" for p in NOTEBOOKS), NOTEBOOKS
 
@@ -51,7 +66,7 @@ def test_notebook_runs_without_error(path: Path):
     t0 = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
     elapsed = time.perf_counter() - t0
-    print(f"{path.name}: {elapsed:.1f} s")
+    print(f"{path.name}: {elapsed:.1f} s; slowest cells: {_slowest_cells(nb)}")
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
             assert out.get("output_type") != "error", f"{path.name} cell {i}: {out}"

@@ -34,6 +34,7 @@ import html
 import io
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -230,7 +231,9 @@ class Browser(W.VBox):
     preprocessed. ``stats``/``dataset``: the :class:`~camviz.scan.UnitStats` of a scan and the
     dataset scanned, for unit masks at dataset thresholds and the units' top images. ``k``: top
     classes listed; ``units``: unit tiles shown. The network runs once per image, when the
-    image is first shown; ``forward_passes`` counts them.
+    image is first shown; ``forward_passes`` counts them. The results of the ``keep`` images
+    shown last are kept (each holds its input and features: about 1 MB for resnet50 at 224 x
+    224); an image shown again after it was dropped runs once more.
 
     Example:
         >>> import torch
@@ -261,6 +264,7 @@ class Browser(W.VBox):
         level: float | None = None,
         gallery: int = 6,
         size: int = 460,
+        keep: int = 128,
     ) -> None:
         if cmap not in COLORMAPS:
             raise CamvizError(f"unknown colour map {cmap!r}; choose one of {COLORMAPS}")
@@ -280,7 +284,9 @@ class Browser(W.VBox):
         self.forward_passes = 0
         self.last_redraw_ms = 0.0
         self.last_forward_ms = 0.0
-        self._cache: dict[int, _ImageView | Exception] = {}
+        self.keep = max(1, int(keep))
+        self._cache: OrderedDict[int, _ImageView | Exception] = OrderedDict()
+        self._shown: set[int] = set()
         self._galleries: dict[int, np.ndarray] = {}
         self._thresholds: torch.Tensor | None = None
         self._view: _ImageView | None = None
@@ -493,6 +499,7 @@ class Browser(W.VBox):
 
     def _load(self, i: int) -> _ImageView | Exception:
         if i in self._cache:
+            self._cache.move_to_end(i)
             return self._cache[i]
         item = self.items[i]
         try:
@@ -515,6 +522,9 @@ class Browser(W.VBox):
         except IMAGE_FAILURES as err:
             view = err
         self._cache[i] = view
+        self._shown.add(i)
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
         return view
 
     def _on_image(self) -> None:
@@ -532,7 +542,7 @@ class Browser(W.VBox):
         self.last_redraw_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = (
             f'<span style="font-size:11px;color:#666">{self.forward_passes} forward pass(es) '
-            f"for {len(self._cache)} image(s) shown; class, threshold and unit changes reuse "
+            f"for {len(self._shown)} image(s) shown; class, threshold and unit changes reuse "
             "the cached pass</span>")
 
     def _show_error(self, i: int, err: Exception) -> None:

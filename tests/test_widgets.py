@@ -313,3 +313,16 @@ def test_docstring_examples(name: str) -> None:
     mod = importlib.import_module(f"camviz.{name}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_results_kept_for_the_last_images_only(net, images):
+    calls = Counter(net)
+    b = Browser(net, images, keep=2)
+    b.image_picker.value = 1
+    b.image_picker.value = 0  # still kept
+    assert calls.n == 2
+    b.image_picker.value = 2  # drops image 1, the least recently shown
+    b.image_picker.value = 0
+    assert calls.n == 3
+    b.image_picker.value = 1
+    assert calls.n == 4 and len(b._cache) == 2

@@ -33,6 +33,7 @@ test: setup browser-deps
 
 bench: setup
 	$(PY) benchmarks/bench_run.py
+	$(PY) benchmarks/bench_widgets.py
 
 clean:
 	rm -rf out artifacts .pytest_cache .ruff_cache

@@ -250,3 +250,84 @@ def test_classic_localization_counts():
     assert out["top5_loc"] == 50.0
     assert out["top1_cls"] == 50.0 and out["top5_cls"] == 75.0
     assert out["count"] == 4
+
+
+# ---------------------------------------------------------------- end to end vs the reference
+
+
+def _reference_test_maps():
+    rng = np.random.default_rng(2020)
+    out = []
+    for i in range(24):
+        g = int(rng.integers(3, 9))
+        f = np.maximum(rng.standard_normal((g, g)), 0) if i % 2 else rng.standard_normal((g, g))
+        size = (int(rng.integers(40, 120)), int(rng.integers(40, 120)))
+        up = F.interpolate(
+            torch.from_numpy(f)[None, None], size=size, mode="bicubic", align_corners=False
+        )
+        m = up[0, 0].numpy()
+        m = (m - m.min()) / (m.max() - m.min())
+        h, w = m.shape
+        boxes = []
+        for _ in range(int(rng.integers(1, 3))):
+            (x0, x1), (y0, y1) = np.sort(rng.integers(0, w, 2)), np.sort(rng.integers(0, h, 2))
+            boxes.append([int(x0), int(y0), int(x1), int(y1)])
+        out.append((m, boxes))
+    return out
+
+
+# Hits per CAM threshold (run-length encoded [hits, repeat]) that the reference's BoxEvaluator
+# (wsolevaluation evaluation.py: cv2 contours, calculate_multiple_iou) gives on the maps above;
+# computed once with opencv-python-headless 4.8.1.
+REFERENCE_HITS = {
+    (False, 30): [[5, 26], [4, 19], [3, 4], [4, 1], [3, 1], [2, 7], [1, 11], [0, 31]],
+    (False, 50): [[3, 24], [2, 16], [1, 11], [0, 49]],
+    (False, 70): [[1, 38], [0, 62]],
+    (True, 30): [
+        [5, 3],
+        [6, 6],
+        [7, 3],
+        [6, 1],
+        [7, 2],
+        [8, 1],
+        [9, 9],
+        [8, 1],
+        [7, 1],
+        [6, 1],
+        [5, 10],
+        [4, 4],
+        [5, 3],
+        [4, 4],
+        [5, 1],
+        [4, 1],
+        [2, 7],
+        [1, 11],
+        [0, 31],
+    ],
+    (True, 50): [
+        [3, 8],
+        [4, 1],
+        [3, 8],
+        [4, 1],
+        [6, 5],
+        [5, 1],
+        [4, 4],
+        [3, 10],
+        [2, 2],
+        [1, 11],
+        [0, 49],
+    ],
+    (True, 70): [[1, 39], [0, 61]],
+}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_box_accuracy_equals_the_reference_evaluator(multi):
+    acc = BoxAccuracy(multi_contour=multi)
+    for cam, boxes in _reference_test_maps():
+        acc.update(cam, boxes)
+    for d in (30, 50, 70):
+        expected = [v for v, n in REFERENCE_HITS[(multi, d)] for _ in range(n)]
+        assert acc.num_correct[d].tolist() == expected, d
+    out = acc.compute()
+    assert out["MaxBoxAcc@50"] == max(v for v, _ in REFERENCE_HITS[(multi, 50)]) * 100.0 / 24

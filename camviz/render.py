@@ -111,14 +111,15 @@ def outline(
         >>> int((outline(np.zeros((5, 5, 3), np.uint8), m)[..., 0] == 255).sum())
         8
     """
-    from skimage.morphology import dilation, footprint_rectangle
+    from skimage.morphology import erosion, footprint_rectangle
     from skimage.segmentation import find_boundaries
 
     img = np.array(image, dtype=np.uint8, copy=True)
     msk = _to_numpy(mask).astype(bool)
     edge = find_boundaries(msk, mode="inner")
     if width > 1:
-        edge = dilation(edge, footprint_rectangle((width, width))) & msk | edge
+        side = 2 * width - 1
+        edge = msk & ~erosion(msk, footprint_rectangle((side, side)))
     img[edge] = np.asarray(color, dtype=np.uint8)
     return img
 

@@ -118,7 +118,7 @@ def outline(
     msk = _to_numpy(mask).astype(bool)
     edge = find_boundaries(msk, mode="inner")
     if width > 1:
-        side = 2 * width - 1
+        side = 2 * width + 1
         edge = msk & ~erosion(msk, footprint_rectangle((side, side)))
     img[edge] = np.asarray(color, dtype=np.uint8)
     return img

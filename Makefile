@@ -34,6 +34,7 @@ test: setup browser-deps
 bench: setup
 	$(PY) benchmarks/bench_run.py
 	$(PY) benchmarks/bench_widgets.py
+	$(PY) benchmarks/bench_metrics.py
 
 clean:
 	rm -rf out artifacts .pytest_cache .ruff_cache

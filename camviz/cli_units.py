@@ -83,6 +83,10 @@ def resolve_data(spec: str, transform: Any = None, need_parts: bool = False) -> 
             f"{spec} has no parts.txt, so there are no part masks to dissect against; use a "
             "folder in the camviz.demo layout (see `python -m camviz.demo generate`)"
         )
+    if (root / "image_ids.txt").is_file() and (root / "class_labels.txt").is_file():
+        from camviz.datasets import WsolDataset  # wsolevaluation metadata: labels too
+
+        return WsolDataset(root, transform=transform)
     if (root / "image_ids.txt").is_file():
         from camviz.units import _read_csv, _safe
 

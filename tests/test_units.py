@@ -279,3 +279,25 @@ def test_docstring_examples(name):
     mod = sys.modules[f"camviz.{name}"]  # camviz.scan the attribute is the function
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cli_data_specs_resolve_to_datasets(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from camviz.cli_units import ImageFiles, resolve_data
+    from camviz.datasets import WsolDataset
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
+    assert isinstance(resolve_data(str(fixture)), PartsFolder)
+    meta = tmp_path / "meta"
+    shutil.copytree(fixture / "images", meta / "images")
+    for name in ("image_ids.txt", "class_labels.txt"):
+        shutil.copy(fixture / name, meta / name)
+    assert isinstance(resolve_data(str(meta)), WsolDataset)  # labels from class_labels.txt
+    with pytest.raises(DatasetError, match="no parts.txt"):
+        resolve_data(str(meta), need_parts=True)
+    files = resolve_data(str(meta / "images"))
+    assert isinstance(files, ImageFiles) and len(files) == 32
+    with pytest.raises(DatasetError, match="demo:SPLIT:N"):
+        resolve_data("demo:test:many")

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -314,6 +316,445 @@ def _run(mp: _Map, keys: np.ndarray, gt: np.ndarray, multi: bool, out: dict[int,
     return len(ks)
 
 
+# --------------------------------------------------------------------------------------------
+# one pass over the pixels for all thresholds (union-find; compiled with numba when present)
+# --------------------------------------------------------------------------------------------
+
+# The eight neighbours of a pixel as a ring, bit k of a ring mask: 0 top-left, 1 top, 2 top-right,
+# 3 right, 4 bottom-right, 5 bottom, 6 bottom-left, 7 left.
+_RING_DY = (-1, -1, -1, 0, 1, 1, 1, 0)
+_RING_DX = (-1, 0, 1, 1, 1, 0, -1, -1)
+
+
+def _ring_tables() -> np.ndarray:
+    """Per ring mask of the neighbours already in: the change of 4 x the Euler number
+    (8-connected, Gray's bit quads) and of 2 x the window area when the pixel joins, the
+    number of runs of neighbours round the ring (each run is in one region already) and one
+    neighbour of each run. Rows: 0 Euler, 1 area, 2 runs, 3-6 run positions."""
+    # 4 x Euler number of a 2x2 window by its mask (1 top-left, 2 top-right, 4 bottom-left,
+    # 8 bottom-right), and its pixel count
+    quad = [0, 1, 1, 0, 1, 0, -2, -1, 1, -2, 0, -1, 0, -1, -1, 0]
+    tab = np.zeros((7, 256), dtype=np.int64)
+    for ring in range(256):
+        n = [(ring >> k) & 1 for k in range(8)]
+        tl, t, tr, r, br, b, bl, lf = n
+        # the pixel's four windows (its own bit: 8, 4, 2, 1)
+        olds = [tl | t << 1 | lf << 2, t | tr << 1 | r << 3, lf | bl << 2 | b << 3,
+                r << 1 | b << 2 | br << 3]
+        for old, me in zip(olds, (8, 4, 2, 1), strict=True):
+            new = old | me
+            tab[0, ring] += quad[new] - quad[old]
+            tab[1, ring] += bin(new).count("1") >= 3
+        starts = [k for k in range(8) if n[k] and not n[k - 1]]
+        if ring == 255:
+            starts = [0]
+        tab[2, ring] = len(starts)
+        tab[3 : 3 + len(starts), ring] = starts
+    return tab
+
+
+_TABLES = _ring_tables()
+
+
+def _curve_kernel(
+    u8: np.ndarray, keys: np.ndarray, gt: np.ndarray, multi: bool, tables: np.ndarray,
+    ws: np.ndarray, added: np.ndarray, out: np.ndarray, undecided: np.ndarray,
+) -> None:
+    """Best IoU at every key level (foreground ``u8 >= key``; keys ascending, each with some
+    foreground) in one pass.
+
+    Foreground: pixels join an 8-connected union-find from the top level down; each region
+    keeps its bounding box, its first pixel in raster order, 4 x its Euler number and 2 x the
+    contourArea of its outer contour where it has no hole, both summed over the 2x2 windows
+    (the pixels of a window are always in one region). Holes (multi mode): the background
+    joins a 4-connected union-find from the bottom level up; a part that does not reach the
+    border is one hole contour. Single mode: a level whose winner cannot be decided from those
+    sums (a region with holes whose area might compete, or a tie while holes exist) is marked
+    in ``undecided`` for the exact path.
+    """
+    H, W = u8.shape
+    N = H * W
+    W2 = W + 2
+    rdy = np.array((-1, -1, -1, 0, 1, 1, 1, 0))
+    rdx = np.array((-1, 0, 1, 1, 1, 0, -1, -1))
+    K = keys.shape[0]
+    flat = u8.ravel()
+    start = np.zeros(257, np.int64)
+    for p in range(N):
+        start[flat[p] + 1] += 1
+    for v in range(256):
+        start[v + 1] += start[v]
+    # the work space is reused between calls (no fresh pages to fault in for every map)
+    order, parent, size, live, lpos = ws[0], ws[1], ws[2], ws[3], ws[4]
+    bx0, by0, bx1, by1 = ws[5], ws[6], ws[7], ws[8]
+    area2, euler4, first = ws[9], ws[10], ws[11]
+    cb0, cb1, cb2, cb3 = ws[12], ws[13], ws[14], ws[15]  # candidate boxes of one level
+    orow = ws[16]  # the row of each pixel in ``order`` (no division in the loops)
+    fill = start[:256].copy()
+    for yy in range(H):
+        for xx in range(W):
+            p = yy * W + xx
+            v = flat[p]
+            order[fill[v]] = p
+            orow[fill[v]] = yy
+            fill[v] += 1
+    parent[:] = -1
+    added[:] = 0
+    nlive = 0
+    ki = K - 1
+    lowest = keys[0]
+    for v in range(255, lowest - 1, -1):
+        for idx in range(start[v], start[v + 1]):
+            p = order[idx]
+            y = orow[idx]
+            x = p - y * W
+            # The neighbours already in, as a ring mask: each run of them round the ring is in
+            # one region already, so one union per run; p itself only joins that region (a
+            # record is made only for a pixel without neighbours: a new region).
+            c0 = (y + 1) * W2 + x + 1
+            ring = (
+                added[c0 - W2 - 1] | added[c0 - W2] << 1 | added[c0 - W2 + 1] << 2
+                | added[c0 + 1] << 3 | added[c0 + W2 + 1] << 4 | added[c0 + W2] << 5
+                | added[c0 + W2 - 1] << 6 | added[c0 - 1] << 7
+            )
+            added[c0] = 1
+            r = -1
+            for k in range(tables[2, ring]):
+                pos = tables[3 + k, ring]
+                q = (y + rdy[pos]) * W + x + rdx[pos]
+                rq = parent[q]
+                if rq == r:
+                    continue
+                while parent[rq] != rq:
+                    parent[rq] = parent[parent[rq]]
+                    rq = parent[rq]
+                if r < 0:
+                    r = rq
+                    continue
+                if rq == r:
+                    continue
+                a, b = r, rq
+                if size[rq] > size[r]:
+                    a, b = rq, r
+                parent[b] = a
+                size[a] += size[b]
+                bx0[a] = min(bx0[a], bx0[b])
+                by0[a] = min(by0[a], by0[b])
+                bx1[a] = max(bx1[a], bx1[b])
+                by1[a] = max(by1[a], by1[b])
+                area2[a] += area2[b]
+                euler4[a] += euler4[b]
+                first[a] = min(first[a], first[b])
+                i = lpos[b]
+                last = live[nlive - 1]
+                live[i] = last
+                lpos[last] = i
+                lpos[b] = -1
+                nlive -= 1
+                r = a
+            if r < 0:  # a new region
+                r = p
+                parent[p] = p
+                size[p] = 1
+                bx0[p] = x
+                bx1[p] = x
+                by0[p] = y
+                by1[p] = y
+                first[p] = p
+                area2[p] = 0
+                euler4[p] = 0
+                live[nlive] = p
+                lpos[p] = nlive
+                nlive += 1
+            else:
+                parent[p] = r
+                size[r] += 1
+                bx0[r] = min(bx0[r], x)
+                bx1[r] = max(bx1[r], x)
+                by0[r] = min(by0[r], y)
+                by1[r] = max(by1[r], y)
+                first[r] = min(first[r], p)
+            euler4[r] += tables[0, ring]
+            area2[r] += tables[1, ring]
+        if ki < 0 or v != keys[ki]:
+            continue
+        # snapshot of the regions at this level
+        if multi:
+            nc = 0
+            for i in range(nlive):
+                g = live[i]
+                cb0[nc], cb1[nc] = bx0[g], by0[g]
+                cb2[nc], cb3[nc] = min(bx1[g] + 1, W - 1), min(by1[g] + 1, H - 1)
+                nc += 1
+            best = -1.0
+            for c in range(nc):
+                for g in range(gt.shape[0]):
+                    ix = max(0, min(cb2[c], gt[g, 2]) - max(cb0[c], gt[g, 0]) + 1)
+                    iy = max(0, min(cb3[c], gt[g, 3]) - max(cb1[c], gt[g, 1]) + 1)
+                    inter = ix * iy
+                    den = ((cb2[c] - cb0[c] + 1) * (cb3[c] - cb1[c] + 1)
+                           + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter)
+                    s = 0.0 if den <= 0 else inter / den
+                    if s > best:
+                        best = s
+            out[ki] = best
+        else:
+            top = -1
+            holes = 0
+            for i in range(nlive):
+                g = live[i]
+                if euler4[g] < 4:
+                    holes += 1
+                if top < 0 or area2[g] > area2[top] or (
+                    area2[g] == area2[top] and first[g] > first[top]
+                ):
+                    top = live[i]
+            if holes > 0:
+                # The outer contour of a region with holes also encloses them: its area is
+                # the window area of the filled region, computed (flood fill in its box)
+                # for the regions that could compete, the top one included; the others lie
+                # within their centres' box, whose area is below the top one's.
+                best_a = -1
+                ties = 0
+                top0, lo0 = top, area2[top]
+                for i in range(nlive):
+                    g = live[i]
+                    a2 = area2[g]
+                    if euler4[g] < 4 and (
+                        g == top0 or 2 * (bx1[g] - bx0[g]) * (by1[g] - by0[g]) >= lo0
+                    ):
+                        gx0, gy0 = bx0[g] - 1, by0[g] - 1
+                        gw, gh = bx1[g] - bx0[g] + 3, by1[g] - by0[g] + 3
+                        fm = np.zeros(gw * gh, np.uint8)  # 1 region, 2 reached from outside
+                        for yy in range(1, gh - 1):
+                            for xx in range(1, gw - 1):
+                                q = (gy0 + yy) * W + gx0 + xx
+                                if parent[q] >= 0:
+                                    rq = q
+                                    while parent[rq] != rq:
+                                        parent[rq] = parent[parent[rq]]
+                                        rq = parent[rq]
+                                    if rq == g:
+                                        fm[yy * gw + xx] = 1
+                        stack = np.empty(gw * gh, np.int64)
+                        stack[0] = 0
+                        fm[0] = 2
+                        ns = 1
+                        while ns > 0:
+                            ns -= 1
+                            c = stack[ns]
+                            cy = c // gw
+                            cx = c - cy * gw
+                            for k in range(4):
+                                ny, nx = cy, cx
+                                if k == 0:
+                                    ny = cy - 1
+                                elif k == 1:
+                                    ny = cy + 1
+                                elif k == 2:
+                                    nx = cx - 1
+                                else:
+                                    nx = cx + 1
+                                if ny < 0 or ny >= gh or nx < 0 or nx >= gw:
+                                    continue
+                                n = ny * gw + nx
+                                if fm[n] == 0:
+                                    fm[n] = 2
+                                    stack[ns] = n
+                                    ns += 1
+                        a2 = 0
+                        for yy in range(gh - 1):
+                            for xx in range(gw - 1):
+                                c = yy * gw + xx
+                                cnt = (
+                                    (fm[c] != 2) + (fm[c + 1] != 2)
+                                    + (fm[c + gw] != 2) + (fm[c + gw + 1] != 2)
+                                )
+                                if cnt >= 3:
+                                    a2 += 1 if cnt == 3 else 2
+                    if a2 > best_a:
+                        best_a = a2
+                        top = g
+                        ties = 0
+                    elif a2 == best_a:
+                        ties += 1
+                # a tie with holes about: the order of OpenCV's contour tree decides (exact path)
+                undecided[ki] = ties > 0
+            # without holes, every region is top-level and on a tie OpenCV lists the last
+            # discovered first: the largest first pixel, as chosen above
+            cb0[0], cb1[0] = bx0[top], by0[top]
+            cb2[0], cb3[0] = min(bx1[top] + 1, W - 1), min(by1[top] + 1, H - 1)
+            nc = 1
+            best = -1.0
+            for c in range(nc):
+                for g in range(gt.shape[0]):
+                    ix = max(0, min(cb2[c], gt[g, 2]) - max(cb0[c], gt[g, 0]) + 1)
+                    iy = max(0, min(cb3[c], gt[g, 3]) - max(cb1[c], gt[g, 1]) + 1)
+                    inter = ix * iy
+                    den = ((cb2[c] - cb0[c] + 1) * (cb3[c] - cb1[c] + 1)
+                           + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter)
+                    s = 0.0 if den <= 0 else inter / den
+                    if s > best:
+                        best = s
+            out[ki] = best
+        ki -= 1
+    if not multi:
+        return
+    # holes: bounded 4-connected parts of the background u8 < key, keys ascending
+    OUT = N  # the outside (every border pixel touches it)
+    parent[:] = -1
+    parent[OUT] = OUT
+    size[OUT] = N + 1
+    lpos[:] = -1
+    nlive = 0
+    ki = 0
+    for v in range(256):
+        if ki < K and keys[ki] == v:
+            nc = 0
+            for i in range(nlive):  # a hole's contour runs one pixel outside the hole
+                g = live[i]
+                cb0[nc], cb1[nc] = bx0[g] - 1, by0[g] - 1
+                cb2[nc], cb3[nc] = min(bx1[g] + 2, W - 1), min(by1[g] + 2, H - 1)
+                nc += 1
+            best = -1.0
+            for c in range(nc):
+                for g in range(gt.shape[0]):
+                    ix = max(0, min(cb2[c], gt[g, 2]) - max(cb0[c], gt[g, 0]) + 1)
+                    iy = max(0, min(cb3[c], gt[g, 3]) - max(cb1[c], gt[g, 1]) + 1)
+                    inter = ix * iy
+                    den = ((cb2[c] - cb0[c] + 1) * (cb3[c] - cb1[c] + 1)
+                           + (gt[g, 2] - gt[g, 0] + 1) * (gt[g, 3] - gt[g, 1] + 1) - inter)
+                    s = 0.0 if den <= 0 else inter / den
+                    if s > best:
+                        best = s
+            out[ki] = max(out[ki], best)
+            ki += 1
+        if ki >= K:
+            break
+        for idx in range(start[v], start[v + 1]):
+            p = order[idx]
+            y = orow[idx]
+            x = p - y * W
+            parent[p] = p
+            size[p] = 1
+            bx0[p] = x
+            bx1[p] = x
+            by0[p] = y
+            by1[p] = y
+            r = p
+            if y == 0 or x == 0 or y == H - 1 or x == W - 1:
+                parent[p] = OUT
+                r = OUT
+            else:
+                live[nlive] = p
+                lpos[p] = nlive
+                nlive += 1
+            for k in range(4):
+                yy, xx = y, x
+                if k == 0:
+                    yy = y - 1
+                elif k == 1:
+                    yy = y + 1
+                elif k == 2:
+                    xx = x - 1
+                else:
+                    xx = x + 1
+                if yy < 0 or yy >= H or xx < 0 or xx >= W:
+                    continue
+                q = yy * W + xx
+                if parent[q] < 0:
+                    continue
+                rq = q
+                while parent[rq] != rq:
+                    parent[rq] = parent[parent[rq]]
+                    rq = parent[rq]
+                if rq == r:
+                    continue
+                a, b = r, rq
+                if size[rq] > size[r]:
+                    a, b = rq, r
+                parent[b] = a
+                size[a] += size[b]
+                bx0[a] = min(bx0[a], bx0[b])
+                by0[a] = min(by0[a], by0[b])
+                bx1[a] = max(bx1[a], bx1[b])
+                by1[a] = max(by1[a], by1[b])
+                if lpos[b] >= 0:  # absorbed (the outside, being the largest, absorbs)
+                    i = lpos[b]
+                    last = live[nlive - 1]
+                    live[i] = last
+                    lpos[last] = i
+                    lpos[b] = -1
+                    nlive -= 1
+                r = a
+
+
+_KERNEL: Any = None  # the compiled kernel; False when numba is missing
+_WORK = threading.local()  # per-thread work space of the kernel
+
+
+def _cache_dir() -> str:
+    """Where numba keeps the compiled kernel: ``$NUMBA_CACHE_DIR`` when set, else
+    ``$CAMVIZ_CACHE/numba`` or ``~/.cache/camviz/numba`` (never next to the package)."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:
+        return env
+    home = os.path.join(os.path.expanduser("~"), ".cache", "camviz")
+    root = os.environ.get("CAMVIZ_CACHE") or home
+    return os.path.join(root, "numba")
+
+
+def _kernel() -> Any:
+    """The one-pass kernel compiled by numba (cached on disk), or None without numba."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _KERNEL = False
+        else:
+            saved = numba.config.CACHE_DIR
+            numba.config.CACHE_DIR = _cache_dir()  # read when caching is set up, just below
+            try:
+                _KERNEL = numba.njit(cache=True, nogil=True)(_curve_kernel)
+            finally:
+                numba.config.CACHE_DIR = saved
+    return _KERNEL or None
+
+
+class _Crop:
+    """What :func:`_exact_boxes` needs of a map: the map and the crop of a level."""
+
+    def __init__(self, u8: np.ndarray) -> None:
+        self.u8 = u8
+        self.h, self.w = u8.shape
+        self.rowmax, self.colmax = u8.max(axis=1), u8.max(axis=0)
+
+    crop = _Map.crop
+
+
+def _onepass_curve(
+    u8: np.ndarray, keys: np.ndarray, gt: np.ndarray, multi: bool, kernel: Any
+) -> np.ndarray:
+    out = np.empty(len(keys), dtype=np.float64)
+    undecided = np.zeros(len(keys), dtype=np.bool_)
+    h, w = u8.shape
+    ws = getattr(_WORK, "ws", None)
+    if ws is None or ws.shape[1] < h * w + 1:
+        ws = _WORK.ws = np.empty((17, h * w + 1), dtype=np.int32)
+        _WORK.added = np.empty((h + 2) * (w + 2), dtype=np.uint8)
+    if _WORK.added.shape[0] < (h + 2) * (w + 2):
+        _WORK.added = np.empty((h + 2) * (w + 2), dtype=np.uint8)
+    kernel(np.ascontiguousarray(u8), keys, np.ascontiguousarray(gt), multi, _TABLES,
+           ws, _WORK.added, out, undecided)
+    if undecided.any():
+        mp = _Crop(u8)
+        for j in np.flatnonzero(undecided).tolist():
+            bx = _exact_boxes(mp, int(keys[j]), multi)  # type: ignore[arg-type]
+            out[j] = float(_iou(bx[:, None], gt[None]).max())
+    return out
+
+
 def best_iou_curve(
     cam: Any,
     gt_boxes: Any,
@@ -341,8 +782,8 @@ def best_iou_curve(
     if method == "naive":
         bx = _reference_boxes_u8(u8, cuts, multi_contour)
         return np.array([_iou(b[:, None], gt[None]).max() for b in bx], dtype=np.float64)
-    if method != "fast":
-        raise CamvizError(f"method must be 'fast' or 'naive', not {method!r}")
+    if method not in ("fast", "numpy"):
+        raise CamvizError(f"method must be 'fast', 'numpy' or 'naive', not {method!r}")
     levels = np.flatnonzero(np.bincount(u8.ravel(), minlength=256))
     pos = np.searchsorted(levels, cuts, side="right")
     empty = pos >= len(levels)
@@ -351,7 +792,11 @@ def best_iou_curve(
     if empty.any():
         res[empty] = _iou(np.zeros((1, 1, 4), np.int64), gt[None]).max()
     keys = np.unique(key[~empty])
-    if len(keys):
+    kernel = _kernel() if method == "fast" else None
+    if len(keys) and kernel is not None:
+        best = _onepass_curve(u8, keys, gt, multi_contour, kernel)
+        res[~empty] = best[np.searchsorted(keys, key[~empty])]
+    elif len(keys):
         mp = _Map(u8)
         found: dict[int, float] = {}
         i = 0

@@ -398,7 +398,7 @@ def _curve_kernel(
             order[fill[v]] = p
             orow[fill[v]] = yy
             fill[v] += 1
-    parent[:] = -1
+    parent[:N] = -1
     added[:] = 0
     nlive = 0
     ki = K - 1
@@ -509,7 +509,18 @@ def _curve_kernel(
                     area2[g] == area2[top] and first[g] > first[top]
                 ):
                     top = live[i]
+            compete = False
             if holes > 0:
+                for i in range(nlive):
+                    g = live[i]
+                    if g != top:
+                        hi = area2[g]
+                        if euler4[g] < 4:  # the outer contour lies within the centres' box
+                            hi = 2 * (bx1[g] - bx0[g]) * (by1[g] - by0[g])
+                        if hi >= area2[top]:
+                            compete = True
+                            break
+            if compete:
                 # The outer contour of a region with holes also encloses them: its area is
                 # the window area of the filled region, computed (flood fill in its box)
                 # for the regions that could compete, the top one included; the others lie
@@ -601,11 +612,17 @@ def _curve_kernel(
     if not multi:
         return
     # holes: bounded 4-connected parts of the background u8 < key, keys ascending
-    OUT = N  # the outside (every border pixel touches it)
-    parent[:] = -1
-    parent[OUT] = OUT
-    size[OUT] = N + 1
-    lpos[:] = -1
+    # (padded coordinates: the padding is the outside, one region rooted at index 0)
+    NP = (H + 2) * W2
+    parent[:NP] = -1
+    lpos[:NP] = -1
+    for xx in range(W2):
+        parent[xx] = 0
+        parent[(H + 1) * W2 + xx] = 0
+    for yy in range(H + 2):
+        parent[yy * W2] = 0
+        parent[yy * W2 + W + 1] = 0
+    size[0] = NP + 1
     nlive = 0
     ki = 0
     for v in range(256):
@@ -613,8 +630,8 @@ def _curve_kernel(
             nc = 0
             for i in range(nlive):  # a hole's contour runs one pixel outside the hole
                 g = live[i]
-                cb0[nc], cb1[nc] = bx0[g] - 1, by0[g] - 1
-                cb2[nc], cb3[nc] = min(bx1[g] + 2, W - 1), min(by1[g] + 2, H - 1)
+                cb0[nc], cb1[nc] = bx0[g] - 2, by0[g] - 2
+                cb2[nc], cb3[nc] = min(bx1[g] + 1, W - 1), min(by1[g] + 1, H - 1)
                 nc += 1
             best = -1.0
             for c in range(nc):
@@ -635,39 +652,25 @@ def _curve_kernel(
             p = order[idx]
             y = orow[idx]
             x = p - y * W
-            parent[p] = p
-            size[p] = 1
-            bx0[p] = x
-            bx1[p] = x
-            by0[p] = y
-            by1[p] = y
-            r = p
-            if y == 0 or x == 0 or y == H - 1 or x == W - 1:
-                parent[p] = OUT
-                r = OUT
-            else:
-                live[nlive] = p
-                lpos[p] = nlive
-                nlive += 1
+            pp = c0 = (y + 1) * W2 + x + 1
+            r = -1
             for k in range(4):
-                yy, xx = y, x
-                if k == 0:
-                    yy = y - 1
-                elif k == 1:
-                    yy = y + 1
+                q = c0 - W2
+                if k == 1:
+                    q = c0 + 1
                 elif k == 2:
-                    xx = x - 1
-                else:
-                    xx = x + 1
-                if yy < 0 or yy >= H or xx < 0 or xx >= W:
+                    q = c0 + W2
+                elif k == 3:
+                    q = c0 - 1
+                rq = parent[q]
+                if rq < 0 or rq == r:
                     continue
-                q = yy * W + xx
-                if parent[q] < 0:
-                    continue
-                rq = q
                 while parent[rq] != rq:
                     parent[rq] = parent[parent[rq]]
                     rq = parent[rq]
+                if r < 0:
+                    r = rq
+                    continue
                 if rq == r:
                     continue
                 a, b = r, rq
@@ -687,6 +690,21 @@ def _curve_kernel(
                     lpos[b] = -1
                     nlive -= 1
                 r = a
+            if r < 0:  # a new part, not touching the outside (yet)
+                parent[pp] = pp
+                size[pp] = 1
+                bx0[pp] = bx1[pp] = x + 1
+                by0[pp] = by1[pp] = y + 1
+                live[nlive] = pp
+                lpos[pp] = nlive
+                nlive += 1
+            else:
+                parent[pp] = r
+                size[r] += 1
+                bx0[r] = min(bx0[r], x + 1)
+                bx1[r] = max(bx1[r], x + 1)
+                by0[r] = min(by0[r], y + 1)
+                by1[r] = max(by1[r], y + 1)
 
 
 _KERNEL: Any = None  # the compiled kernel; False when numba is missing
@@ -740,8 +758,8 @@ def _onepass_curve(
     undecided = np.zeros(len(keys), dtype=np.bool_)
     h, w = u8.shape
     ws = getattr(_WORK, "ws", None)
-    if ws is None or ws.shape[1] < h * w + 1:
-        ws = _WORK.ws = np.empty((17, h * w + 1), dtype=np.int32)
+    if ws is None or ws.shape[1] < (h + 2) * (w + 2):
+        ws = _WORK.ws = np.empty((17, (h + 2) * (w + 2)), dtype=np.int32)
         _WORK.added = np.empty((h + 2) * (w + 2), dtype=np.uint8)
     if _WORK.added.shape[0] < (h + 2) * (w + 2):
         _WORK.added = np.empty((h + 2) * (w + 2), dtype=np.uint8)

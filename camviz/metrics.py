@@ -278,7 +278,8 @@ def _run(mp: _Map, keys: np.ndarray, gt: np.ndarray, multi: bool, out: dict[int,
     ok[0] = True
     k = len(ks) if ok.all() else max(int(np.argmin(ok)), 1)
     ks, chi, area, holes = ks[:k], chi[:, :k], area[:, :k], holes_one[:, :k].any(axis=0)
-    alive = chi >= 1
+    # a region exists when its Euler number is positive, or (one maximum) when it has holes
+    alive = (chi >= 1) | holes_one[:, :k]
     if not multi:
         holes &= False  # single mode reads outer contours only; see below
     # bounding boxes of each region's part >= L, for every L

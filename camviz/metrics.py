@@ -404,6 +404,8 @@ def _curve_kernel(
     nlive = 0
     ki = K - 1
     lowest = keys[0]
+    e4all = 0  # 4 x the Euler number of the whole foreground: regions - holes
+    holed = np.zeros(K, np.bool_)
     for v in range(255, lowest - 1, -1):
         for idx in range(start[v], start[v + 1]):
             p = order[idx]
@@ -476,9 +478,11 @@ def _curve_kernel(
                 by1[r] = max(by1[r], y)
                 first[r] = min(first[r], p)
             euler4[r] += tables[0, ring]
+            e4all += tables[0, ring]
             area2[r] += tables[1, ring]
         if ki < 0 or v != keys[ki]:
             continue
+        holed[ki] = 4 * nlive > e4all
         # snapshot of the regions at this level
         if multi:
             nc = 0
@@ -610,9 +614,14 @@ def _curve_kernel(
                         best = s
             out[ki] = best
         ki -= 1
-    if not multi:
+    last_holed = -1
+    for k in range(K):
+        if holed[k]:
+            last_holed = k
+    if not multi or last_holed < 0:
         return
-    # holes: bounded 4-connected parts of the background u8 < key, keys ascending
+    # holes: bounded 4-connected parts of the background u8 < key, keys ascending, up to the
+    # last level that has some
     # (padded coordinates: the padding is the outside, one region rooted at index 0)
     NP = (H + 2) * W2
     parent[:NP] = -1
@@ -627,7 +636,9 @@ def _curve_kernel(
     nlive = 0
     ki = 0
     for v in range(256):
-        if ki < K and keys[ki] == v:
+        if ki <= last_holed and keys[ki] == v and not holed[ki]:
+            ki += 1
+        elif ki <= last_holed and keys[ki] == v:
             nc = 0
             for i in range(nlive):  # a hole's contour runs one pixel outside the hole
                 g = live[i]
@@ -647,7 +658,7 @@ def _curve_kernel(
                         best = s
             out[ki] = max(out[ki], best)
             ki += 1
-        if ki >= K:
+        if ki > last_holed:
             break
         for idx in range(start[v], start[v + 1]):
             p = order[idx]

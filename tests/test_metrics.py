@@ -7,6 +7,9 @@ checked against an independent per-threshold count.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from camviz import metrics
 from camviz.errors import CamvizError
-from camviz.localize import InvalidMap
+from camviz.localize import InvalidMap, quantise
 from camviz.metrics import (
     BoxAccuracy,
     ClassicLocalization,
@@ -83,16 +87,57 @@ def _random_gt(rng, h, w):
     return out
 
 
-def test_fast_curves_equal_naive_curves_on_random_maps():
+@pytest.mark.parametrize("method", ["fast", "numpy"])
+def test_fast_curves_equal_naive_curves_on_random_maps(method):
     rng = np.random.default_rng(7)
     ts = default_cam_thresholds()
     for i in range(180):
         cam = _random_map(rng, i % 6)
         gt = _random_gt(rng, *cam.shape)
         for multi in (False, True):
-            fast = best_iou_curve(cam, gt, ts, multi, "fast")
+            fast = best_iou_curve(cam, gt, ts, multi, method)
             naive = best_iou_curve(cam, gt, ts, multi, "naive")
             assert np.array_equal(fast, naive), (i, multi)
+
+
+def test_one_pass_kernel_is_the_default_and_is_compiled():
+    assert metrics._kernel() is not None  # numba is a dependency
+    cam = np.zeros((6, 6))
+    cam[1:5, 1:5] = 1.0
+    cam[2:4, 2:4] = 0.3  # a ring with a hole
+    ts = default_cam_thresholds()
+    for multi in (False, True):
+        assert np.array_equal(
+            best_iou_curve(cam, [[1, 1, 3, 3]], ts, multi),
+            best_iou_curve(cam, [[1, 1, 3, 3]], ts, multi, "naive"),
+        )
+
+
+def test_without_numba_the_default_is_the_numpy_path(monkeypatch):
+    monkeypatch.setattr(metrics, "_KERNEL", False)  # as when numba cannot be imported
+    assert metrics._kernel() is None
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        cam = _random_map(rng, i % 6)
+        gt = _random_gt(rng, *cam.shape)
+        for multi in (False, True):
+            assert np.array_equal(
+                best_iou_curve(cam, gt, multi_contour=multi),
+                best_iou_curve(cam, gt, multi_contour=multi, method="naive"),
+            )
+
+
+def test_numba_cache_goes_under_the_camviz_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path))
+    assert metrics._cache_dir() == str(tmp_path / "numba")
+    monkeypatch.delenv("CAMVIZ_CACHE")
+    assert metrics._cache_dir().endswith(os.path.join(".cache", "camviz", "numba"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert metrics._cache_dir() == str(tmp_path / "mine")
+    metrics._kernel()
+    pkg = Path(metrics.__file__).parent
+    assert not [f for f in pkg.rglob("*") if f.suffix in (".nbi", ".nbc")]  # nothing in camviz/
 
 
 small_maps = arrays(
@@ -108,6 +153,116 @@ def test_fast_equals_naive_property(cam, gt, multi):
     ts = np.arange(0, 1, 0.05)
     fast = best_iou_curve(cam, [gt], ts, multi, "fast")
     assert np.array_equal(fast, best_iou_curve(cam, [gt], ts, multi, "naive"))
+
+
+# shapes that stress the region rules: rings (holes), nested rings (holes inside holes, islands
+# inside holes), diagonal chains (8- vs 4-connectivity), one-pixel regions, lines (area 0),
+# equal copies of a shape (ties of contour area, decided by OpenCV's contour order)
+LEVELS = [0.1, 0.3, 0.5, 0.7, 1.0]
+
+
+@st.composite
+def shape_maps(draw):
+    h, w = draw(st.integers(3, 18)), draw(st.integers(3, 18))
+    cam = np.full((h, w), draw(st.sampled_from([0.0, 0.0, 0.1])))
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["ring", "nested", "rect", "pixel", "diag", "line", "twins"]))
+        y0, x0 = draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))
+        hh, ww = draw(st.integers(1, h)), draw(st.integers(1, w))
+        lv = draw(st.sampled_from(LEVELS))
+        if kind == "rect":
+            cam[y0 : y0 + hh, x0 : x0 + ww] = lv
+        elif kind == "ring":
+            cam[y0 : y0 + hh, x0 : x0 + ww] = lv
+            cam[y0 + 1 : y0 + hh - 1, x0 + 1 : x0 + ww - 1] = draw(st.sampled_from(LEVELS))
+        elif kind == "nested":  # concentric bands, each at its own level
+            for d in range((min(hh, ww) + 1) // 2):
+                cam[y0 + d : y0 + hh - d, x0 + d : x0 + ww - d] = draw(st.sampled_from(LEVELS))
+        elif kind == "pixel":
+            cam[y0, x0] = lv
+        elif kind == "diag":
+            step = draw(st.sampled_from([1, -1]))
+            for k in range(min(hh, ww)):
+                if 0 <= x0 + step * k < w and y0 + k < h:
+                    cam[y0 + k, x0 + step * k] = lv
+        elif kind == "line":
+            cam[y0, x0 : x0 + ww] = lv
+        else:  # two equal copies of a small ring or square side by side
+            size = draw(st.integers(1, 4))
+            inner = draw(st.sampled_from([lv, 0.0]))
+            for ox in (x0, x0 + size + draw(st.integers(1, 3))):
+                cam[y0 : y0 + size, ox : ox + size] = lv
+                if size > 2:
+                    cam[y0 + 1 : y0 + size - 1, ox + 1 : ox + size - 1] = inner
+    return cam
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape_maps(), box, st.booleans())
+def test_fast_equals_naive_on_rings_chains_pixels_and_ties(cam, gt, multi):
+    ts = default_cam_thresholds()
+    naive = best_iou_curve(cam, [gt], ts, multi, "naive")
+    assert np.array_equal(best_iou_curve(cam, [gt], ts, multi, "fast"), naive)
+    assert np.array_equal(best_iou_curve(cam, [gt], ts, multi, "numpy"), naive)
+
+
+def _fast_and_naive(cam, gts, multi):
+    ts = default_cam_thresholds()
+    return (best_iou_curve(cam, gts, ts, multi, m) for m in ("fast", "naive"))
+
+
+SPECIAL = {
+    # a ring whose outer contour (enclosing its hole) beats a solid blob with more pixels
+    "ring_beats_blob": (
+        [[1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0, 1, 1, 1], [1, 0, 0, 0, 1, 0, 1, 1, 1],
+         [1, 0, 0, 0, 1, 0, 1, 1, 1], [1, 1, 1, 1, 1, 0, 1, 1, 1]]
+    ),
+    # two equal rings: a tie of contour areas with holes about (the exact path decides)
+    "twin_rings": (
+        [[1, 1, 1, 0, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1], [1, 1, 1, 0, 1, 1, 1]]
+    ),
+    # two equal squares, no hole: OpenCV lists the last found first
+    "twin_squares": ([[1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1]]),
+    # one-pixel regions only: all of area 0
+    "pixels": ([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 1]]),
+    # a diagonal chain is one 8-connected region; its background is one 4-connected part
+    "diagonal": ([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+    # a hole inside a hole: ring, gap, ring, gap, island (levels nest as well)
+    "nested": (
+        [[.2, .2, .2, .2, .2, .2, .2, .2, .2], [.2, 0, 0, 0, 0, 0, 0, 0, .2],
+         [.2, 0, .6, .6, .6, .6, .6, 0, .2], [.2, 0, .6, 0, 0, 0, .6, 0, .2],
+         [.2, 0, .6, 0, 1, 0, .6, 0, .2], [.2, 0, .6, 0, 0, 0, .6, 0, .2],
+         [.2, 0, .6, .6, .6, .6, .6, 0, .2], [.2, 0, 0, 0, 0, 0, 0, 0, .2],
+         [.2, .2, .2, .2, .2, .2, .2, .2, .2]]
+    ),
+    # a hole touching the ring only diagonally at a corner still is a hole (4-connected)
+    "corner_hole": ([[0, 1, 1, 1], [1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 0]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECIAL))
+def test_fast_equals_naive_on_special_maps(name):
+    cam = np.asarray(SPECIAL[name], dtype=np.float64)
+    h, w = cam.shape
+    gts = [[x0, y0, x1, y1] for x0 in range(w) for x1 in range(x0, w) for y0, y1 in [(0, h - 1)]]
+    gts += [[0, y0, w - 1, y1] for y0 in range(h) for y1 in range(y0, h)]
+    for multi in (False, True):
+        for gt in gts:
+            fast, naive = _fast_and_naive(cam, [gt], multi)
+            assert np.array_equal(fast, naive), (multi, gt)
+
+
+def test_tie_with_holes_goes_to_the_exact_path():
+    u8 = quantise(np.asarray(SPECIAL["twin_rings"], dtype=np.float64))
+    keys = np.array([255], dtype=np.int64)
+    kernel = metrics._kernel()
+    out, undecided = np.zeros(1), np.zeros(1, dtype=bool)
+    ws, added = np.empty((17, 5 * 9), np.int32), np.empty(5 * 9, np.uint8)
+    kernel(u8, keys, np.array([[0, 0, 2, 2]]), False, metrics._TABLES, ws, added, out, undecided)
+    assert undecided.tolist() == [True]
+    # and the curve still equals the naive one (the left ring wins: the last found is first)
+    fast, naive = _fast_and_naive(u8 / 255.0, [[0, 0, 3, 3]], False)
+    assert np.array_equal(fast, naive)
 
 
 def test_curve_refuses_bad_maps_and_methods():

@@ -35,6 +35,9 @@ bench: setup
 	$(PY) benchmarks/bench_run.py
 	$(PY) benchmarks/bench_widgets.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_scan.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_scan.py --model demo --size 128 --batch-size 32 --images 256
+	$(PY) benchmarks/bench_stats.py --n 1000000
 
 clean:
 	rm -rf out artifacts .pytest_cache .ruff_cache

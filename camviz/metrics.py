@@ -10,9 +10,12 @@
 
 Box metrics give the reference's numbers to the last digit: they are built on
 :func:`camviz.localize.reference_boxes`' rules. The per-map work is done by
-:func:`best_iou_curve`, which finds the boxes of all thresholds at once — the regions of a map
-at nested thresholds are labelled only where their structure changes — instead of labelling the
-map once per threshold (``method="naive"`` does that, for checking and benchmarks).
+:func:`best_iou_curve`, which finds the boxes of all thresholds in one pass over the pixels —
+the regions of a map at nested thresholds are nested, so a union-find adding pixels from the top
+level down (compiled by numba, cached under ``~/.cache/camviz/numba``) sees every threshold's
+regions on the way — instead of labelling the map once per threshold (``method="naive"`` does
+that, for checking and benchmarks; ``method="numpy"`` is a vectorised path that relabels only
+where the structure changes, used when numba is missing).
 
 Example:
     >>> import numpy as np
@@ -406,6 +409,7 @@ def _curve_kernel(
     lowest = keys[0]
     e4all = 0  # 4 x the Euler number of the whole foreground: regions - holes
     holed = np.zeros(K, np.bool_)
+    tiefirst = np.zeros(K, np.int64)
     for v in range(255, lowest - 1, -1):
         for idx in range(start[v], start[v + 1]):
             p = order[idx]
@@ -594,8 +598,15 @@ def _curve_kernel(
                         ties = 0
                     elif a2 == best_a:
                         ties += 1
-                # a tie with holes about: the order of OpenCV's contour tree decides (exact path)
+                        if first[g] > first[top]:
+                            top = g
+                # A tie with holes about: OpenCV's contour tree lists the top-level regions
+                # last discovered first, each followed by what it encloses, so the tied region
+                # with the largest first pixel wins if it is top-level (the background pass
+                # below checks: the pixel above its first pixel reaches the outside); if not,
+                # the exact path decides.
                 undecided[ki] = ties > 0
+                tiefirst[ki] = first[top]
             # without holes, every region is top-level and on a tie OpenCV lists the last
             # discovered first: the largest first pixel, as chosen above
             cb0[0], cb1[0] = bx0[top], by0[top]
@@ -614,14 +625,14 @@ def _curve_kernel(
                         best = s
             out[ki] = best
         ki -= 1
-    last_holed = -1
+    kend = -1  # the last level the background pass must see
     for k in range(K):
-        if holed[k]:
-            last_holed = k
-    if not multi or last_holed < 0:
+        if (multi and holed[k]) or (not multi and undecided[k]):
+            kend = k
+    if kend < 0:
         return
-    # holes: bounded 4-connected parts of the background u8 < key, keys ascending, up to the
-    # last level that has some
+    # The background u8 < key, keys ascending, up to that level: its bounded 4-connected parts
+    # are the holes (multi mode), and whether a tied region is top-level (single mode).
     # (padded coordinates: the padding is the outside, one region rooted at index 0)
     NP = (H + 2) * W2
     parent[:NP] = -1
@@ -636,9 +647,20 @@ def _curve_kernel(
     nlive = 0
     ki = 0
     for v in range(256):
-        if ki <= last_holed and keys[ki] == v and not holed[ki]:
+        if ki <= kend and keys[ki] == v and not multi:
+            if undecided[ki]:
+                f = tiefirst[ki]
+                fy = f // W
+                rq = fy * W2 + f - fy * W + 1  # padded: the pixel above the first pixel
+                while parent[rq] != rq:
+                    parent[rq] = parent[parent[rq]]
+                    rq = parent[rq]
+                if rq == 0:  # top-level
+                    undecided[ki] = False
             ki += 1
-        elif ki <= last_holed and keys[ki] == v:
+        elif ki <= kend and keys[ki] == v and not holed[ki]:
+            ki += 1
+        elif ki <= kend and keys[ki] == v:
             nc = 0
             for i in range(nlive):  # a hole's contour runs one pixel outside the hole
                 g = live[i]
@@ -658,7 +680,7 @@ def _curve_kernel(
                         best = s
             out[ki] = max(out[ki], best)
             ki += 1
-        if ki > last_holed:
+        if ki > kend:
             break
         for idx in range(start[v], start[v + 1]):
             p = order[idx]
@@ -796,8 +818,10 @@ def best_iou_curve(
 
     ``cam`` is one (H, W) map in [0, 1]; ``gt_boxes`` (m, 4) inclusive boxes in map pixels. The
     boxes at each threshold are the reference's (:func:`camviz.localize.reference_boxes`);
-    ``method="naive"`` builds them one threshold at a time, ``"fast"`` (default) all at once
-    with identical results.
+    ``method="naive"`` builds them one threshold at a time; ``"fast"`` (default) finds all
+    thresholds' regions in one union-find pass (numba; the first call in a fresh cache compiles
+    it, a few seconds); ``"numpy"`` relabels only where the regions change (vectorised, the
+    fallback without numba). All give identical results.
 
     Example:
         >>> import numpy as np
@@ -822,9 +846,10 @@ def best_iou_curve(
     if empty.any():
         res[empty] = _iou(np.zeros((1, 1, 4), np.int64), gt[None]).max()
     keys = np.unique(key[~empty])
-    kernel = _kernel() if method == "fast" else None
+    small = (u8.shape[0] + 2) * (u8.shape[1] + 2) < 2**31  # the kernel's int32 indices
+    kernel = _kernel() if method == "fast" and small else None
     if len(keys) and kernel is not None:
-        best = _onepass_curve(u8, keys, gt, multi_contour, kernel)
+        best = _onepass_curve(u8, keys.astype(np.int64), gt, bool(multi_contour), kernel)
         res[~empty] = best[np.searchsorted(keys, key[~empty])]
     elif len(keys):
         mp = _Map(u8)

@@ -20,7 +20,7 @@ from hypothesis.extra.numpy import arrays
 
 from camviz import metrics
 from camviz.errors import CamvizError
-from camviz.localize import InvalidMap, quantise
+from camviz.localize import InvalidMap, _reference_boxes_u8, quantise
 from camviz.metrics import (
     BoxAccuracy,
     ClassicLocalization,
@@ -252,17 +252,49 @@ def test_fast_equals_naive_on_special_maps(name):
             assert np.array_equal(fast, naive), (multi, gt)
 
 
-def test_tie_with_holes_goes_to_the_exact_path():
-    u8 = quantise(np.asarray(SPECIAL["twin_rings"], dtype=np.float64))
-    keys = np.array([255], dtype=np.int64)
-    kernel = metrics._kernel()
+def _kernel_flags(cam, key, multi=False):
+    u8 = quantise(np.asarray(cam, dtype=np.float64))
+    h, w = u8.shape
     out, undecided = np.zeros(1), np.zeros(1, dtype=bool)
-    ws, added = np.empty((17, 5 * 9), np.int32), np.empty(5 * 9, np.uint8)
-    kernel(u8, keys, np.array([[0, 0, 2, 2]]), False, metrics._TABLES, ws, added, out, undecided)
-    assert undecided.tolist() == [True]
-    # and the curve still equals the naive one (the left ring wins: the last found is first)
-    fast, naive = _fast_and_naive(u8 / 255.0, [[0, 0, 3, 3]], False)
+    ws, added = np.empty((17, (h + 2) * (w + 2)), np.int32), np.empty((h + 2) * (w + 2), np.uint8)
+    metrics._kernel()(
+        u8, np.array([key], np.int64), np.array([[0, 0, 2, 2]]), multi, metrics._TABLES, ws,
+        added, out, undecided,
+    )
+    return undecided[0]
+
+
+def test_tie_with_holes_is_decided_by_contour_order():
+    # two equal rings: the tied region found last in raster order is first in OpenCV's list
+    # when it is top-level; the kernel checks that on the background and decides itself
+    assert not _kernel_flags(SPECIAL["twin_rings"], 255)
+    fast, naive = _fast_and_naive(np.asarray(SPECIAL["twin_rings"], float), [[0, 0, 3, 3]], False)
     assert np.array_equal(fast, naive)
+    fast, naive = _fast_and_naive(np.asarray(SPECIAL["twin_rings"], float), [[4, 0, 7, 3]], False)
+    assert np.array_equal(fast, naive)
+
+
+def test_undecided_levels_take_the_exact_path(monkeypatch):
+    """Levels the kernel leaves undecided are recomputed exactly (here: all of them)."""
+    kernel = metrics._kernel()
+
+    def unsure(*args):
+        kernel(*args)
+        args[-1][:] = True
+
+    rng = np.random.default_rng(11)
+    for i in range(12):
+        cam = _random_map(rng, i % 6)
+        gt = np.asarray(_random_gt(rng, *cam.shape))
+        u8 = quantise(cam)
+        keys = np.unique(u8[u8 > 0]).astype(np.int64)
+        if not len(keys):
+            continue
+        for multi in (False, True):
+            got = metrics._onepass_curve(u8, keys, gt, multi, unsure)
+            boxes = _reference_boxes_u8(u8, keys - 1, multi)  # foreground u8 > key - 1
+            want = [box_iou(b, gt).max() for b in boxes]
+            assert np.array_equal(got, want), (i, multi)
 
 
 def test_curve_refuses_bad_maps_and_methods():

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -765,10 +766,18 @@ def _kernel() -> Any:
         except ImportError:  # pragma: no cover - numba is a dependency
             _KERNEL = False
         else:
+            where = _cache_dir()
+            try:  # an unwritable cache would make numba write next to the package instead
+                os.makedirs(where, exist_ok=True)
+                with tempfile.TemporaryFile(dir=where):
+                    pass
+                cache = True
+            except OSError:
+                cache = False
             saved = numba.config.CACHE_DIR
-            numba.config.CACHE_DIR = _cache_dir()  # read when caching is set up, just below
+            numba.config.CACHE_DIR = where  # read when caching is set up, just below
             try:
-                _KERNEL = numba.njit(cache=True, nogil=True)(_curve_kernel)
+                _KERNEL = numba.njit(cache=cache, nogil=True)(_curve_kernel)
             finally:
                 numba.config.CACHE_DIR = saved
     return _KERNEL or None

@@ -1,15 +1,16 @@
 """The demo networks: a small all-convolutional GAP classifier and its GMP twin.
 
-Input 128 x 128, stride 8, so the last conv map is 16 x 16 with 128 units. Three plain 3 x 3
-layers at stride 8 give each unit a receptive field of 71 pixels: enough to see where two parts
-meet (a class is an arrangement of parts, so a unit must see more than one part), while staying
-local enough for class maps to peak on the object. (Dilated layers, tried first, gave larger
-fields but diffuse, grid-patterned maps.)
+Input 128 x 128; the last conv map is 32 x 32 with 128 units (stride 4): context from a stride-8
+branch (receptive field 71 pixels, enough to see where two parts meet: a class is an arrangement
+of parts) is fused with stride-4 detail by a 1 x 1 layer, so units can fire on the object itself
+rather than on everything within reach of it. Global average (or max) pooling and one linear
+layer with non-negative weights follow. (Tried first: a plain stride-8 stack, whose maps spread
+one cell or more around small objects, and dilated layers, whose maps were diffuse and gridded.)
 
 Example:
     >>> model = DemoModel(pool="avg")
     >>> model.features(torch.zeros(1, 3, 128, 128)).shape
-    torch.Size([1, 128, 16, 16])
+    torch.Size([1, 128, 32, 32])
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from camviz.demo.world import CLASSES, IMAGE_SIZE
@@ -51,31 +53,89 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.M
     ]
 
 
-class DemoModel(nn.Module):
-    """features (all conv, stride 8) -> global average or max pooling -> one linear layer.
+class DemoFeatures(nn.Module):
+    """The conv trunk: detail at stride 4 fused with context from stride 8, output at stride 4.
 
-    ``state_dict`` keys are ``features.*`` and ``head.*``, the same as
-    ``GapNet(features, head)``'s model, so weights move freely between the two.
+    ``stem`` (stride 4, 32 x 32 at 128 input) sees parts; ``context`` (stride 8, four 3 x 3
+    layers, receptive field 71 px) sees arrangements; its output is upsampled bilinearly and a
+    1 x 1 layer over both gives the units (B, 128, 32, 32). A unit can thus fire where a part
+    is *and* its context says which object it belongs to, which keeps class maps on the object.
+
+    Example:
+        >>> DemoFeatures()(torch.zeros(1, 3, 128, 128)).shape
+        torch.Size([1, 128, 32, 32])
+    """
+
+    def __init__(self, width: int = 96) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            *_block(3, 32, stride=2),  # 64
+            *_block(32, 64, stride=2),  # 32
+            *_block(64, 64),
+        )
+        self.context = nn.Sequential(
+            *_block(64, width, stride=2),  # 16
+            *_block(width, width),
+            *_block(width, width),
+            *_block(width, width),
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(64 + width, NUM_UNITS, 1, bias=False),
+            nn.BatchNorm2d(NUM_UNITS),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        c = F.interpolate(self.context(s), size=s.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([s, c], dim=1))
+
+
+def stride8_features(width: int = 96) -> nn.Sequential:
+    """The first-stage trunk: a plain stride-8 stack, 128 units on a 16 x 16 map at 128 input.
+
+    Trained first (it learns fast), then its layers seed :class:`DemoFeatures`'s ``stem`` and
+    ``context`` (see :func:`camviz.demo.train.warm_start`).
+
+    Example:
+        >>> stride8_features()(torch.zeros(1, 3, 128, 128)).shape
+        torch.Size([1, 128, 16, 16])
+    """
+    return nn.Sequential(
+        *_block(3, 32, stride=2),  # 64
+        *_block(32, 64, stride=2),  # 32
+        *_block(64, 64),
+        *_block(64, width, stride=2),  # 16
+        *_block(width, width),
+        *_block(width, width),
+        *_block(width, NUM_UNITS),
+    )
+
+
+class DemoModel(nn.Module):
+    """features (all conv) -> global average or max pooling -> one linear layer.
+
+    ``arch="fused"`` (the bundled nets) or ``"stride8"`` (the first training stage). The bundled
+    nets' head weights are non-negative (kept so in training, see :mod:`camviz.demo.train`), so
+    a class map only adds up evidence for its class. ``state_dict`` keys are ``features.*`` and
+    ``head.*``, the same as ``GapNet(features, head)``'s model, so weights move between the two.
 
     Example:
         >>> DemoModel(pool="max")(torch.zeros(2, 3, 128, 128)).shape
         torch.Size([2, 9])
     """
 
-    def __init__(self, pool: str = "avg", num_classes: int = len(CLASSES), width: int = 96):
+    def __init__(
+        self, pool: str = "avg", num_classes: int = len(CLASSES), width: int = 96,
+        arch: str = "fused",
+    ):
         super().__init__()
         if pool not in ("avg", "max"):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-        self.pool = pool
-        self.features = nn.Sequential(
-            *_block(3, 32, stride=2),  # 64
-            *_block(32, 64, stride=2),  # 32
-            *_block(64, 64),
-            *_block(64, width, stride=2),  # 16
-            *_block(width, width),
-            *_block(width, width),
-            *_block(width, NUM_UNITS),
-        )
+        if arch not in ("fused", "stride8"):
+            raise ValueError(f"arch must be 'fused' or 'stride8', got {arch!r}")
+        self.pool, self.arch = pool, arch
+        self.features = DemoFeatures(width) if arch == "fused" else stride8_features(width)
         self.head = nn.Linear(NUM_UNITS, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +158,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a demo state dict with ``weights_only=True``, or raise :class:`WeightsUnavailable`.
 
     Example:
-        >>> load_state("nowhere.pt")
+        >>> load_state("nowhere.pt")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         camviz.errors.WeightsUnavailable: demo weights not found: nowhere.pt ...
@@ -125,8 +185,9 @@ def load_demo(
 ) -> GapNet:
     """The demo GAP network (``pool="avg"``) or its GMP twin (``"max"``) as a :class:`GapNet`.
 
-    ``weights``: "DEFAULT" for the bundled weights, a path to a state dict, or None for random
-    weights. Class names and the preprocessing come with it.
+    ``weights``: "DEFAULT" for the bundled weights, a path to a state dict (of the fused or the
+    first-stage stride-8 net), or None for random weights. Class names and the preprocessing
+    come with it.
 
     Example:
         >>> net = load_demo(device="cpu")
@@ -137,6 +198,8 @@ def load_demo(
     if weights is not None:
         path = weights_path(pool) if weights == "DEFAULT" else Path(weights)
         state = load_state(path)
+        if "features.0.weight" in state:  # first-stage weights (python -m camviz.demo.train)
+            model = DemoModel(pool=pool, arch="stride8")
         try:
             model.load_state_dict(state)
         except RuntimeError as err:

@@ -1,7 +1,10 @@
 """Train the demo GAP network and its GMP twin on class labels only.
 
     python -m camviz.demo.train                 # both nets, into camviz/demo/weights/
-    python -m camviz.demo.train --steps 20 --out /tmp/w   # a quick try
+    python -m camviz.demo.train --stage1-steps 20 --steps 10 --out /tmp/w   # a quick try
+
+Two stages: the plain stride-8 nets first (they learn fast), then the fused nets (stride-4 maps,
+see :mod:`camviz.demo.net`) warm-started from them; the head of every net is kept non-negative.
 
 Both networks see the same stream of freshly generated training images (each batch is drawn once,
 in a loader process, and fed to both), so "trained the same way" holds exactly. Seeded: the images
@@ -10,7 +13,7 @@ autocast on the CPU (about twice as fast there); the saved weights are float32.
 
 Example:
     >>> import tempfile
-    >>> info = train(steps=2, batch=4, val=8, out=tempfile.mkdtemp(), progress=False)
+    >>> info = train(steps=2, batch=4, val=8, out=tempfile.mkdtemp(), progress=False, bf16=False)
     >>> sorted(info["nets"])
     ['demo', 'demo-gmp']
 """
@@ -60,6 +63,43 @@ class DemoImages(Dataset):
         return (x - self._mean) / self._std, s.label
 
 
+# Layers of the first demo nets (a plain stride-8 stack, `features.<i>`) that reappear in the
+# fused trunk: a warm start from those weights (`--init`) keeps what they learned.
+_STRIDE8_TO_FUSED = {
+    "features.0.": "features.stem.0.", "features.1.": "features.stem.1.",
+    "features.3.": "features.stem.3.", "features.4.": "features.stem.4.",
+    "features.6.": "features.stem.6.", "features.7.": "features.stem.7.",
+    "features.9.": "features.context.0.", "features.10.": "features.context.1.",
+    "features.12.": "features.context.3.", "features.13.": "features.context.4.",
+    "features.15.": "features.context.6.", "features.16.": "features.context.7.",
+}
+
+
+def warm_start(model: torch.nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Copy every feature tensor of a saved demo state dict that fits ``model`` (same name and
+    shape, names of the older stride-8 layout translated; never the head); returns the names.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "w.pt"); torch.save(DemoModel().state_dict(), p)
+        >>> len(warm_start(DemoModel(), p)) == len(DemoModel().state_dict()) - 2
+        True
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    copied = []
+    for name, t in state.items():
+        for old, new in _STRIDE8_TO_FUSED.items():
+            if name.startswith(old) and name not in own:
+                name = new + name[len(old):]
+                break
+        if name in own and own[name].shape == t.shape and not name.startswith("head."):
+            own[name] = t.clone()
+            copied.append(name)
+    model.load_state_dict(own)
+    return copied
+
+
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -100,6 +140,9 @@ def train(
     bf16: bool = True,
     progress: bool = True,
     checkpoint_every: int = 0,
+    init: str | os.PathLike[str] | None = None,
+    arch: str = "fused",
+    nonneg_head: bool = True,
     nets: tuple[str, ...] = ("demo", "demo-gmp"),
 ) -> dict[str, Any]:
     """Train the GAP ("demo") and GMP ("demo-gmp") nets together; save their state dicts.
@@ -110,14 +153,24 @@ def train(
 
     Example:
         >>> import tempfile
-        >>> train(steps=1, batch=2, val=2, out=tempfile.mkdtemp(), progress=False)["steps"]
+        >>> out = tempfile.mkdtemp()
+        >>> train(steps=1, batch=2, val=2, out=out, progress=False, bf16=False)["steps"]
         1
     """
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     children0 = os.times()
     torch.manual_seed(seed)
-    models = {"demo": DemoModel(pool="avg"), "demo-gmp": DemoModel(pool="max")}
+    pools = (("demo", "avg"), ("demo-gmp", "max"))
+    models = {k: DemoModel(pool=pool, arch=arch) for k, pool in pools}
     models = {k: models[k] for k in nets}
+    warm: dict[str, int] = {}
+    if init is not None:
+        for k, m in models.items():
+            warm[k] = len(warm_start(m, Path(init) / WEIGHT_FILES[m.pool]))
+    if nonneg_head:
+        for m in models.values():
+            with torch.no_grad():
+                m.head.weight.abs_()
     opts = {}
     for k, m in models.items():
         m.to(memory_format=torch.channels_last).train()
@@ -151,6 +204,9 @@ def train(
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
+            if nonneg_head:  # class maps then add up evidence for their class only
+                with torch.no_grad():
+                    m.head.weight.clamp_(min=0.0)
             v = float(loss.detach())
             running[k] = v if math.isnan(running[k]) else 0.95 * running[k] + 0.05 * v
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
@@ -186,12 +242,15 @@ def train(
         "world_seed": WORLD_SEED,
         "classes": list(CLASSES),
         "seed": seed,
+        "arch": arch,
+        "nonneg_head": nonneg_head,
         "steps": steps,
         "batch": batch,
         "train_images": steps * batch,
         "lr": lr,
         "weight_decay": weight_decay,
         "bf16_autocast": bf16,
+        "warm_start": {"from": str(init), "tensors": warm} if init is not None else None,
         "torch_threads": torch.get_num_threads(),
         "train_wall_s": round(train_wall, 1),
         "train_cpu_s": round(train_cpu + child_cpu, 1),
@@ -207,13 +266,21 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m camviz.demo.train [--steps N] [--out DIR] ...``."""
+    """Command line: ``python -m camviz.demo.train [--steps N] [--out DIR] ...``.
+
+    By default two stages, as the bundled weights were made: the plain stride-8 nets
+    (``--stage1-steps``, into OUT/stage1), then the fused nets warm-started from them
+    (``--steps``). ``--stage1-steps 0`` trains the fused nets from scratch (or from ``--init``).
+    """
     p = argparse.ArgumentParser(
         prog="python -m camviz.demo.train", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--steps", type=int, default=1800, help="optimizer steps (default 1800)")
+    p.add_argument("--stage1-steps", type=int, default=1500,
+                   help="steps of the stride-8 first stage (default 1500; 0: no first stage)")
+    p.add_argument("--stage1-lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=500, help="steps of the fused nets (default 500)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the fused stage")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=int, default=1000, help="val images to report accuracy on")
     p.add_argument("--workers", type=int, default=1, help="image-drawing loader processes")
@@ -222,15 +289,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save the weights every N steps into OUT/step<N>/ (0: never)")
     p.add_argument("--nets", default="demo,demo-gmp", help="which nets to train")
+    p.add_argument("--init", default=None, help="folder of earlier weights to start from")
     p.add_argument("--out", default=None, help="folder for the weights (default: the package's)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     np.seterr(all="ignore")
-    info = train(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, val=a.val, out=a.out,
-                 workers=a.workers, bf16=not a.no_bf16, checkpoint_every=a.checkpoint_every,
-                 nets=tuple(a.nets.split(",")))
-    print(json.dumps({k: info[k] for k in ("train_wall_s", "train_cpu_s", "val_top1")}))
+    out = Path(a.out) if a.out else WEIGHTS_DIR
+    common = dict(batch=a.batch, seed=a.seed, workers=a.workers, bf16=not a.no_bf16,
+                  checkpoint_every=a.checkpoint_every, nets=tuple(a.nets.split(",")))
+    init, first = a.init, None
+    if a.stage1_steps > 0:
+        init = out / "stage1"
+        first = train(steps=a.stage1_steps, lr=a.stage1_lr, val=0, out=init, arch="stride8",
+                      init=a.init, nonneg_head=False, **common)
+    info = train(steps=a.steps, lr=a.lr, val=a.val, out=out, arch="fused", init=init, **common)
+    if first is not None:
+        info["stage1"] = {k: first[k] for k in ("arch", "steps", "lr", "train_wall_s",
+                                                "train_cpu_s", "final_loss")}
+        for k in ("train_wall_s", "train_cpu_s"):
+            info[f"total_{k}"] = round(first[k] + info[k], 1)
+        (out / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
+    keys = ("total_train_wall_s", "total_train_cpu_s", "train_wall_s", "train_cpu_s", "val_top1")
+    print(json.dumps({k: info[k] for k in keys if k in info}))
     return 0
 
 

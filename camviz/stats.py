@@ -6,8 +6,7 @@ two of them built over disjoint data answer as one built over the union (a shard
 on it). Their state is a flat ``dict[str, Tensor]`` (no pickle), so it can go into an npz file.
 
 Example:
-    >>> import numpy as np
-import torch
+    >>> import torch
     >>> rq = RunningQuantile(channels=2)
     >>> rq.update(torch.arange(1000.0).repeat(2, 1).T)
     >>> rq.quantile(0.5).tolist()

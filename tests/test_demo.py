@@ -21,8 +21,8 @@ from camviz.errors import WeightsUnavailable
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
 # sha256 of images 0-2 of the train split (pixels, labels, masks) at WORLD_VERSION 2
 PINNED_TRAIN_DIGEST = "b5db6f47334d628b3f8619c8a17f5e0d11d972ce99fd0e63404189305cfa1f60"
-FIXTURE_MIN_RIGHT = 28  # of the 32 fixture images
-MIN_ACC_GAP, MIN_ACC_GMP = 0.93, 0.95  # on 200 test images (measured: 0.97, 0.98)
+FIXTURE_MIN_RIGHT = 28  # of the 32 fixture images (measured: 30)
+MIN_ACC_GAP, MIN_ACC_GMP = 0.93, 0.95  # on 200 test images (measured: 0.980, 0.985)
 
 
 def _digest(split: str, indices: range) -> str:
@@ -230,20 +230,25 @@ def test_missing_or_bad_weights_say_what_to_do(tmp_path):
 def test_retrain_smoke(tmp_path):
     from camviz.demo.train import main as train_main
 
-    args = ["--stage1-steps", "2", "--steps", "2", "--batch", "4", "--val", "4", "--workers", "0",
-            "--no-bf16", "--out", str(tmp_path)]
+    args = ["--stage1-steps", "2", "--steps", "2", "--stage3-steps", "1", "--batch", "4",
+            "--val", "4", "--workers", "0", "--no-bf16", "--out", str(tmp_path)]
     assert train_main(args) == 0
     info = json.loads((tmp_path / "demo.json").read_text())
-    assert info["steps"] == 2 and info["train_images"] == 8 and info["arch"] == "fused"
-    assert info["stage1"]["arch"] == "stride8" and set(info["val_top1"]) == {"demo", "demo-gmp"}
-    assert all(n > 30 for n in info["warm_start"]["tensors"].values())  # stage 1 seeded stage 2
-    assert all(np.isfinite(v) for v in info["final_loss"].values())
+    stages = info["stages"]
+    assert [stages[k]["arch"] for k in stages] == ["stride8", "fused", "fused"]
+    assert stages["stage3"]["nets"] == ["demo"] and stages["stage2"]["nets"] == ["demo", "demo-gmp"]
+    assert all(n > 30 for n in stages["stage2"]["warm_start"]["tensors"].values())
+    assert info["final"] == {"demo": "stage3", "demo-gmp": "stage2"}
+    assert set(info["val_top1"]) == {"demo", "demo-gmp"}
     for pool, fname in (("avg", "demo_gap.pt"), ("max", "demo_gmp.pt")):
         net = load_demo(tmp_path / fname, device="cpu", pool=pool)
         assert bool((net.head_weight >= 0).all())  # non-negative head
         assert net.run(torch.zeros(1, 3, 128, 128)).logits.shape == (1, len(CLASSES))
         first = load_demo(tmp_path / "stage1" / fname, device="cpu", pool=pool)
         assert first.run(torch.zeros(1, 3, 128, 128)).features.shape[-2:] == (16, 16)
+    gap3 = torch.load(tmp_path / "stage3" / "demo_gap.pt", weights_only=True)
+    gap = torch.load(tmp_path / "demo_gap.pt", weights_only=True)
+    assert all(torch.equal(gap[k], gap3[k]) for k in gap)
 
 
 def test_bundled_head_is_non_negative():

@@ -1,11 +1,14 @@
 """The demo networks: a small all-convolutional GAP classifier and its GMP twin.
 
-Input 128 x 128; the last conv map is 32 x 32 with 128 units (stride 4): context from a stride-8
-branch (receptive field 71 pixels, enough to see where two parts meet: a class is an arrangement
-of parts) is fused with stride-4 detail by a 1 x 1 layer, so units can fire on the object itself
-rather than on everything within reach of it. Global average (or max) pooling and one linear
-layer with non-negative weights follow. (Tried first: a plain stride-8 stack, whose maps spread
-one cell or more around small objects, and dilated layers, whose maps were diffuse and gridded.)
+Input 128 x 128; the last conv map is 32 x 32 with 128 units (stride 4). Each unit is
+``relu(local(detail)) * sigmoid(gate(detail, context))``: stride-4 detail says where a part is,
+a stride-8 context branch (receptive field 71 pixels, enough to see where two parts meet: a
+class is an arrangement of parts) says whether that part belongs to an object of the unit's
+kind. So units fire on the object itself, not on everything within reach of it, and class maps
+give tight boxes. Global average (or max) pooling and one linear layer with non-negative weights
+follow. (Tried first: dilated layers, whose maps were diffuse and gridded; a plain stride-8 stack,
+whose maps spread a cell or more around small objects; detail and context concatenated through
+a 1 x 1 layer, where context dominated the maps just the same.)
 
 Example:
     >>> model = DemoModel(pool="avg")
@@ -54,12 +57,13 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.M
 
 
 class DemoFeatures(nn.Module):
-    """The conv trunk: detail at stride 4 fused with context from stride 8, output at stride 4.
+    """The conv trunk: stride-4 detail gated by stride-8 context, output at stride 4.
 
-    ``stem`` (stride 4, 32 x 32 at 128 input) sees parts; ``context`` (stride 8, four 3 x 3
-    layers, receptive field 71 px) sees arrangements; its output is upsampled bilinearly and a
-    1 x 1 layer over both gives the units (B, 128, 32, 32). A unit can thus fire where a part
-    is *and* its context says which object it belongs to, which keeps class maps on the object.
+    ``stem`` (stride 4, 32 x 32 at 128 input, receptive field 15 px) sees parts; ``context``
+    (stride 8, four 3 x 3 layers, receptive field 71 px) sees arrangements and is upsampled
+    bilinearly. Unit k = ``relu(local_k(stem)) * sigmoid(gate_k(stem, context))``, (B, 128,
+    32, 32), non-negative: it fires where a part is *and* the context says which object it
+    belongs to, which keeps class maps on the object.
 
     Example:
         >>> DemoFeatures()(torch.zeros(1, 3, 128, 128)).shape
@@ -79,16 +83,17 @@ class DemoFeatures(nn.Module):
             *_block(width, width),
             *_block(width, width),
         )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(64 + width, NUM_UNITS, 1, bias=False),
-            nn.BatchNorm2d(NUM_UNITS),
-            nn.ReLU(inplace=True),
+        self.local = nn.Sequential(
+            nn.Conv2d(64, NUM_UNITS, 1, bias=False), nn.BatchNorm2d(NUM_UNITS)
+        )
+        self.gate = nn.Sequential(
+            nn.Conv2d(64 + width, NUM_UNITS, 1, bias=False), nn.BatchNorm2d(NUM_UNITS)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stem(x)
         c = F.interpolate(self.context(s), size=s.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([s, c], dim=1))
+        return F.relu(self.local(s)) * torch.sigmoid(self.gate(torch.cat([s, c], dim=1)))
 
 
 def stride8_features(width: int = 96) -> nn.Sequential:
@@ -115,10 +120,11 @@ def stride8_features(width: int = 96) -> nn.Sequential:
 class DemoModel(nn.Module):
     """features (all conv) -> global average or max pooling -> one linear layer.
 
-    ``arch="fused"`` (the bundled nets) or ``"stride8"`` (the first training stage). The bundled
-    nets' head weights are non-negative (kept so in training, see :mod:`camviz.demo.train`), so
-    a class map only adds up evidence for its class. ``state_dict`` keys are ``features.*`` and
-    ``head.*``, the same as ``GapNet(features, head)``'s model, so weights move between the two.
+    ``arch="fused"`` (the bundled nets, gated trunk) or ``"stride8"`` (the first training
+    stage). The bundled nets' head weights are non-negative (kept so in training, see
+    :mod:`camviz.demo.train`), so a class map only adds up evidence for its class.
+    ``state_dict`` keys are ``features.*`` and ``head.*``, the same as ``GapNet(features,
+    head)``'s model, so weights move between the two.
 
     Example:
         >>> DemoModel(pool="max")(torch.zeros(2, 3, 128, 128)).shape

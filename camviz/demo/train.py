@@ -1,10 +1,11 @@
 """Train the demo GAP network and its GMP twin on class labels only.
 
     python -m camviz.demo.train                 # both nets, into camviz/demo/weights/
-    python -m camviz.demo.train --stage1-steps 20 --steps 10 --out /tmp/w   # a quick try
+    python -m camviz.demo.train --stage1-steps 20 --steps 10 --stage3-steps 10 --out /tmp/w
 
-Two stages: the plain stride-8 nets first (they learn fast), then the fused nets (stride-4 maps,
-see :mod:`camviz.demo.net`) warm-started from them; the head of every net is kept non-negative.
+Three stages (see :func:`main`): the plain stride-8 nets first (they learn fast), then the gated
+nets (stride-4 maps, see :mod:`camviz.demo.net`) warm-started from them, then more steps for the
+GAP net alone; the heads of the gated nets are kept non-negative.
 
 Both networks see the same stream of freshly generated training images (each batch is drawn once,
 in a loader process, and fed to both), so "trained the same way" holds exactly. Seeded: the images
@@ -75,9 +76,12 @@ _STRIDE8_TO_FUSED = {
 }
 
 
-def warm_start(model: torch.nn.Module, path: str | os.PathLike[str]) -> list[str]:
+def warm_start(
+    model: torch.nn.Module, path: str | os.PathLike[str], head: bool = False
+) -> list[str]:
     """Copy every feature tensor of a saved demo state dict that fits ``model`` (same name and
-    shape, names of the older stride-8 layout translated; never the head); returns the names.
+    shape, names of the older stride-8 layout translated; the head only if ``head``); returns
+    the names copied.
 
     Example:
         >>> import tempfile, os
@@ -93,7 +97,7 @@ def warm_start(model: torch.nn.Module, path: str | os.PathLike[str]) -> list[str
             if name.startswith(old) and name not in own:
                 name = new + name[len(old):]
                 break
-        if name in own and own[name].shape == t.shape and not name.startswith("head."):
+        if name in own and own[name].shape == t.shape and (head or not name.startswith("head.")):
             own[name] = t.clone()
             copied.append(name)
     model.load_state_dict(own)
@@ -141,6 +145,7 @@ def train(
     progress: bool = True,
     checkpoint_every: int = 0,
     init: str | os.PathLike[str] | None = None,
+    init_head: bool = False,
     arch: str = "fused",
     nonneg_head: bool = True,
     nets: tuple[str, ...] = ("demo", "demo-gmp"),
@@ -166,7 +171,7 @@ def train(
     warm: dict[str, int] = {}
     if init is not None:
         for k, m in models.items():
-            warm[k] = len(warm_start(m, Path(init) / WEIGHT_FILES[m.pool]))
+            warm[k] = len(warm_start(m, Path(init) / WEIGHT_FILES[m.pool], head=init_head))
     if nonneg_head:
         for m in models.values():
             with torch.no_grad():
@@ -266,20 +271,24 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m camviz.demo.train [--steps N] [--out DIR] ...``.
+    """Command line: ``python -m camviz.demo.train [--out DIR] ...``, the bundled weights' recipe.
 
-    By default two stages, as the bundled weights were made: the plain stride-8 nets
-    (``--stage1-steps``, into OUT/stage1), then the fused nets warm-started from them
-    (``--steps``). ``--stage1-steps 0`` trains the fused nets from scratch (or from ``--init``).
+    Stage 1: the plain stride-8 nets (``--stage1-steps``, into OUT/stage1). Stage 2: the gated
+    nets, both, warm-started from stage 1's layers (``--steps``, OUT/stage2). Stage 3: the GAP
+    net alone goes on from stage 2, head included (``--stage3-steps``, OUT/stage3): average
+    pooling learns more slowly than max pooling, which has converged by then. The final GAP net
+    is stage 3's, the GMP net stage 2's; both are evaluated on ``--val`` val images.
     """
     p = argparse.ArgumentParser(
         prog="python -m camviz.demo.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--stage1-steps", type=int, default=1500,
-                   help="steps of the stride-8 first stage (default 1500; 0: no first stage)")
+                   help="steps of the stride-8 first stage (default 1500; 0: none)")
     p.add_argument("--stage1-lr", type=float, default=3e-3)
-    p.add_argument("--steps", type=int, default=500, help="steps of the fused nets (default 500)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the fused stage")
+    p.add_argument("--steps", type=int, default=500, help="steps of stage 2 (default 500)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of stages 2, 3")
+    p.add_argument("--stage3-steps", type=int, default=600,
+                   help="more steps for the GAP net alone (default 600; 0: none)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=int, default=1000, help="val images to report accuracy on")
@@ -287,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="also save the weights every N steps into OUT/step<N>/ (0: never)")
-    p.add_argument("--nets", default="demo,demo-gmp", help="which nets to train")
+                   help="also save the weights every N steps into <stage>/step<N>/ (0: never)")
     p.add_argument("--init", default=None, help="folder of earlier weights to start from")
+    p.add_argument("--init-head", action="store_true", help="with --init: the heads too")
     p.add_argument("--out", default=None, help="folder for the weights (default: the package's)")
     a = p.parse_args(argv)
     if a.threads:
@@ -297,22 +306,56 @@ def main(argv: list[str] | None = None) -> int:
     np.seterr(all="ignore")
     out = Path(a.out) if a.out else WEIGHTS_DIR
     common = dict(batch=a.batch, seed=a.seed, workers=a.workers, bf16=not a.no_bf16,
-                  checkpoint_every=a.checkpoint_every, nets=tuple(a.nets.split(",")))
-    init, first = a.init, None
+                  checkpoint_every=a.checkpoint_every, val=0)
+    stages: dict[str, dict[str, Any]] = {}
+    init, head = a.init, a.init_head
     if a.stage1_steps > 0:
-        init = out / "stage1"
-        first = train(steps=a.stage1_steps, lr=a.stage1_lr, val=0, out=init, arch="stride8",
-                      init=a.init, nonneg_head=False, **common)
-    info = train(steps=a.steps, lr=a.lr, val=a.val, out=out, arch="fused", init=init, **common)
-    if first is not None:
-        info["stage1"] = {k: first[k] for k in ("arch", "steps", "lr", "train_wall_s",
-                                                "train_cpu_s", "final_loss")}
-        for k in ("train_wall_s", "train_cpu_s"):
-            info[f"total_{k}"] = round(first[k] + info[k], 1)
-        (out / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
-    keys = ("total_train_wall_s", "total_train_cpu_s", "train_wall_s", "train_cpu_s", "val_top1")
-    print(json.dumps({k: info[k] for k in keys if k in info}))
+        stages["stage1"] = train(steps=a.stage1_steps, lr=a.stage1_lr, out=out / "stage1",
+                                 arch="stride8", init=init, init_head=head, nonneg_head=False,
+                                 **common)
+        init, head = out / "stage1", False
+    stages["stage2"] = train(steps=a.steps, lr=a.lr, out=out / "stage2", arch="fused",
+                             init=init, init_head=head, **common)
+    gap_from = out / "stage2"
+    if a.stage3_steps > 0:
+        stages["stage3"] = train(steps=a.stage3_steps, lr=a.lr, out=out / "stage3", arch="fused",
+                                 init=out / "stage2", init_head=True, nets=("demo",), **common)
+        gap_from = out / "stage3"
+    finish(out, {"demo": gap_from, "demo-gmp": out / "stage2"}, stages, a.val)
+    info = json.loads((out / "demo.json").read_text())
+    print(json.dumps({k: info[k] for k in ("train_wall_s", "train_cpu_s", "val_top1")}))
     return 0
+
+
+def finish(
+    out: Path, sources: dict[str, Path], stages: dict[str, dict[str, Any]], val: int
+) -> None:
+    """Copy the final weights of each net into ``out``, measure them on ``val`` val images and
+    write ``demo.json`` with every stage's settings and times (summed into the totals)."""
+    models = {}
+    for name, src in sources.items():
+        pool = "avg" if name == "demo" else "max"
+        state = torch.load(src / WEIGHT_FILES[pool], map_location="cpu", weights_only=True)
+        torch.save(state, out / WEIGHT_FILES[pool])
+        m = DemoModel(pool=pool)
+        m.load_state_dict(state)
+        models[name] = m.eval()
+    acc = evaluate(models, "val", val) if val > 0 else {}
+    keep = ("arch", "steps", "batch", "lr", "nonneg_head", "warm_start", "train_wall_s",
+            "train_cpu_s", "final_loss")
+    last = next(reversed(stages.values()))
+    info = {k: last[k] for k in ("world_version", "world_seed", "classes", "seed",
+                                 "bf16_autocast", "torch_threads")}
+    info.update({
+        "stages": {k: {f: v.get(f) for f in keep} | {"nets": sorted(v["nets"])}
+                   for k, v in stages.items()},
+        "final": {k: str(v.name) for k, v in sources.items()},
+        "train_wall_s": round(sum(v["train_wall_s"] for v in stages.values()), 1),
+        "train_cpu_s": round(sum(v["train_cpu_s"] for v in stages.values()), 1),
+        "val_images": val,
+        "val_top1": acc,
+    })
+    (out / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -253,13 +253,16 @@ def test_cli_scan_then_dissect_on_the_demo_fixture(tmp_path, capsys):
               "--no-progress"]
     assert main(["scan", *common, "--out", str(out)]) == 0
     stats = UnitStats.load(out)
-    assert stats.num_images == 32 and stats.num_units == 128 and stats.feature_size == (16, 16)
+    net = camviz.load_model("demo", weights=None, device="cpu")
+    feats = net.run(torch.zeros(1, 3, 128, 128)).features
+    assert stats.num_images == 32 and stats.num_units == net.num_units
+    assert stats.feature_size == tuple(feats.shape[-2:])
     assert main(["dissect", *common, "--stats", str(out), "--out", str(tmp_path / "d"),
                  "--top-k", "3"]) == 0
     import json
 
     report = json.loads((tmp_path / "d" / "dissection.json").read_text())
-    assert report["num_images"] == 32 and len(report["units"]) == 128
+    assert report["num_images"] == 32 and len(report["units"]) == net.num_units
     assert len(report["classes"]) == 9 and len(report["classes"][0]["units"]) == 3
     assert "| class |" in (tmp_path / "d" / "dissection.md").read_text()
     capsys.readouterr()

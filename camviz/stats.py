@@ -189,17 +189,21 @@ class RunningQuantile:
         if self.min is None:
             self._init_like(x)
         x = x.to(device=self.min.device, dtype=self.min.dtype)
-        lo, hi = torch.aminmax(x, dim=1)
+        # A block larger than level 0 is sorted once and compacted on its own, level by level
+        # (a sorted block halves by a strided slice, no further sort), until it fits a level.
+        big = n > self._capacity(0)
+        if big:
+            x = _sort_rows(x)  # NaN sorts last, so the sorted ends are the min and max
+            lo, hi = x[:, 0], x[:, -1]
+        else:
+            lo, hi = torch.aminmax(x, dim=1)
         # NaN check without a host sync (this runs once per batch on a GPU): min/max propagate
         # NaN, and the error is raised on query
         self._nan = self._nan | torch.isnan(lo).any() | torch.isnan(hi).any()
         self.min = torch.minimum(self.min, lo)
         self.max = torch.maximum(self.max, hi)
-        # A block larger than level 0 is sorted once and compacted on its own, level by level
-        # (a sorted block halves by a strided slice, no further sort), until it fits a level.
         h = 0
-        if n > self._capacity(0):
-            x = _sort_rows(x)
+        if big:
             while x.shape[1] > self._capacity(h):
                 m = x.shape[1]
                 if h + 1 == len(self.levels):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camviz.errors import CamvizError, ImageError
+from camviz.errors import CamvizError, DatasetError, ImageError
 from camviz.gapnet import GapNet, load_model
 from camviz.images import list_images, load_image
 from camviz.render import grid, overlay
@@ -230,6 +230,30 @@ def _write_one(
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+DEMO_DEFAULT_N = 500
+
+
+def demo_split(spec: str, default_n: int = DEMO_DEFAULT_N) -> Path:
+    """Resolve a ``demo:SPLIT[:N]`` data spec to its cached split folder (generated on first use).
+
+    Example:
+        >>> demo_split("demo:")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.DatasetError: bad data spec 'demo:'; use demo:SPLIT or demo:SPLIT:N
+    """
+    fields = spec.split(":")
+    if fields[0] != "demo" or len(fields) not in (2, 3) or not fields[1]:
+        raise DatasetError(f"bad data spec {spec!r}; use demo:SPLIT or demo:SPLIT:N")
+    try:
+        n = int(fields[2]) if len(fields) == 3 else default_n
+    except ValueError:
+        raise DatasetError(f"bad image count in {spec!r}; use demo:SPLIT:N") from None
+    from camviz.demo import ensure_split  # imported lazily: the demo world is optional
+
+    return ensure_split(fields[1], n, progress=True)
 
 
 def _weights_arg(text: str) -> str | None:

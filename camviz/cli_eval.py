@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from camviz.cli import demo_split
 from camviz.datasets import WsolDataset, WsolMetadata, collate
 from camviz.errors import CamvizError, DatasetError
 from camviz.images import Preprocess
@@ -56,16 +57,7 @@ def resolve_eval_data(spec: str) -> WsolMetadata:
         data /no/such/folder is not a folder
     """
     if spec.startswith("demo:"):
-        fields = spec.split(":")
-        if len(fields) not in (2, 3) or not fields[1]:
-            raise DatasetError(f"bad data spec {spec!r}; use demo:SPLIT or demo:SPLIT:N")
-        try:
-            n = int(fields[2]) if len(fields) == 3 else DEMO_DEFAULT_N
-        except ValueError:
-            raise DatasetError(f"bad image count in {spec!r}; use demo:SPLIT:N") from None
-        from camviz.demo import ensure_split  # lazily: datasets must not depend on the demo
-
-        return WsolMetadata(ensure_split(fields[1], n, progress=True))
+        return WsolMetadata(demo_split(spec, DEMO_DEFAULT_N))
     meta, root = Path(spec), None
     if not meta.is_dir() and ":" in spec:
         left, right = spec.split(":", 1)

@@ -25,6 +25,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from camviz.cli import demo_split
 from camviz.errors import DatasetError
 
 DEMO_DEFAULT_N = 500
@@ -62,16 +63,7 @@ def resolve_data(spec: str, transform: Any = None, need_parts: bool = False) -> 
     from camviz.units import PartsFolder
 
     if spec.startswith("demo:"):
-        fields = spec.split(":")
-        if len(fields) not in (2, 3) or not fields[1]:
-            raise DatasetError(f"bad data spec {spec!r}; use demo:SPLIT or demo:SPLIT:N")
-        try:
-            n = int(fields[2]) if len(fields) == 3 else DEMO_DEFAULT_N
-        except ValueError:
-            raise DatasetError(f"bad image count in {spec!r}; use demo:SPLIT:N") from None
-        from camviz.demo import ensure_split  # imported lazily: the demo world is optional
-
-        root = ensure_split(fields[1], n, progress=True)
+        root = demo_split(spec, DEMO_DEFAULT_N)
         return PartsFolder(root, transform=transform)
     root = Path(spec)
     if not root.is_dir():

@@ -221,6 +221,17 @@ def _batch_images(dataset: Any, indices: Sequence[int], transform: Any) -> torch
     return _collate([dataset[int(i)] for i in indices], transform)[0]
 
 
+def _masked_images(
+    net: Any, dataset: Any, stats: UnitStats, unit: int, idx: torch.Tensor, level: float | None
+) -> list[np.ndarray]:
+    """Dataset images ``idx`` through the network, each with unit ``unit``'s mask shown."""
+    x = _batch_images(dataset, idx.tolist(), getattr(net, "transform", None))
+    res = net.run(x.to(net.device))
+    masks = unit_masks(res, stats, [unit], level=level)[:, 0]
+    imgs = res.images()
+    return [show_mask(imgs[i], masks[i]) for i in range(len(imgs))]
+
+
 def unit_gallery(
     net: Any,
     dataset: Any,
@@ -246,11 +257,7 @@ def unit_gallery(
     idx, val = stats.top_images(unit, n)
     if idx.numel() == 0:
         raise CamvizError(f"unit {unit} has no top images; was the scan empty?")
-    x = _batch_images(dataset, idx.tolist(), getattr(net, "transform", None))
-    res = net.run(x.to(net.device))
-    masks = unit_masks(res, stats, [unit], level=level)[:, 0]
-    imgs = res.images()
-    tiles = [show_mask(imgs[i], masks[i]) for i in range(len(imgs))]
+    tiles = _masked_images(net, dataset, stats, unit, idx, level)
     labels = [f"#{int(i)} max {_fmt(float(v))}" for i, v in zip(idx, val, strict=True)]
     return grid(tiles, labels, cols=len(tiles))
 
@@ -283,17 +290,14 @@ def class_gallery(
     tiles: list[np.ndarray] = []
     labels: list[str] = []
     for unit, w in zip(ids.tolist(), weights.tolist(), strict=True):
-        idx, val = stats.top_images(unit, n)
-        x = _batch_images(dataset, idx.tolist(), getattr(net, "transform", None))
-        res = net.run(x.to(net.device))
-        masks = unit_masks(res, stats, [unit], level=level)[:, 0]
-        imgs = res.images()
+        idx, _ = stats.top_images(unit, n)
+        shown = _masked_images(net, dataset, stats, unit, idx, level)
         tag = f"u{unit} w{_fmt(w)}"
         if dissection is not None and dissection.labels[unit]:
             tag += f" {dissection.labels[unit]}"
         for j in range(n):
-            if j < len(imgs):
-                tiles.append(show_mask(imgs[j], masks[j]))
+            if j < len(shown):
+                tiles.append(shown[j])
                 labels.append(f"{tag} #{int(idx[j])}" if j == 0 else f"#{int(idx[j])}")
             else:
                 tiles.append(np.full_like(tiles[-1], 255))

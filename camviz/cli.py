@@ -256,7 +256,13 @@ def demo_split(spec: str, default_n: int = DEMO_DEFAULT_N) -> Path:
     return ensure_split(fields[1], n, progress=True)
 
 
-def _weights_arg(text: str) -> str | None:
+def weights_arg(text: str) -> str | None:
+    """Parse ``--weights``: "none" or "random" mean random weights (None), else a weights name.
+
+    Example:
+        >>> weights_arg("none") is None, weights_arg("IMAGENET1K_V2")
+        (True, 'IMAGENET1K_V2')
+    """
     return None if text.lower() in ("none", "random") else text
 
 
@@ -267,7 +273,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--weights",
         default="DEFAULT",
-        type=_weights_arg,
+        type=weights_arg,
         help="weights name, DEFAULT, or none for random weights",
     )
     p.add_argument("--topk", type=int, default=5)

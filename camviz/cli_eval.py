@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from camviz.cli import demo_split
+from camviz.cli import demo_split, weights_arg
 from camviz.datasets import WsolDataset, WsolMetadata, collate
 from camviz.errors import CamvizError, DatasetError
 from camviz.images import Preprocess
@@ -273,15 +273,12 @@ def register(sub: Any) -> None:
         32
     """
 
-    def weights(text: str) -> str | None:
-        return None if text.lower() in ("none", "random") else text
-
     p = sub.add_parser("eval", help="classification and WSOL localization scores on a dataset")
     p.add_argument("--model", default="demo", help="camviz or torchvision model name")
     p.add_argument(
         "--weights",
         default="DEFAULT",
-        type=weights,
+        type=weights_arg,
         help="weights name, DEFAULT, or none for random weights",
     )
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or METADATA_DIR[:IMAGE_ROOT]")

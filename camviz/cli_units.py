@@ -25,7 +25,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from camviz.cli import demo_split
+from camviz.cli import demo_split, weights_arg
 from camviz.errors import DatasetError
 
 DEMO_DEFAULT_N = 500
@@ -92,10 +92,8 @@ def resolve_data(spec: str, transform: Any = None, need_parts: bool = False) -> 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from camviz.cli import _weights_arg
-
     p.add_argument("--model", default="demo", help="camviz or torchvision model name")
-    p.add_argument("--weights", default="DEFAULT", type=_weights_arg,
+    p.add_argument("--weights", default="DEFAULT", type=weights_arg,
                    help="weights name, DEFAULT, or none for random weights")
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or a dataset folder")
     p.add_argument("--batch-size", type=int, default=32)

@@ -29,6 +29,7 @@ from PIL import Image
 from camviz.errors import CamvizError, DatasetError, ImageError
 from camviz.gapnet import GapNet, load_model
 from camviz.images import list_images, load_image
+from camviz.localize import paper_boxes
 from camviz.render import grid, overlay
 
 # Modules that add subcommands: each exposes register(subparsers).
@@ -99,17 +100,6 @@ def _done_keys(results: Path, retry_errors: bool) -> set[str]:
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _boxes(res: Any, k: int) -> list[list[int]] | None:
-    """Boxes of the top-k maps (paper heuristic) in network-input pixels, once localize exists."""
-    try:
-        from camviz.localize import paper_boxes  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    top = res.topk(k).indices
-    maps = res.cams(top, size="input", normalize=True)
-    return paper_boxes(maps).tolist()
 
 
 def run_images(
@@ -195,7 +185,8 @@ def _write_one(
 ) -> None:
     one = res.select(i)
     top = one.topk(topk)
-    maps = one.cams(top.indices, size="input", normalize=True)[0].cpu().numpy()
+    maps_t = one.cams(top.indices, size="input", normalize=True)  # (1, k, H, W)
+    maps = maps_t[0].cpu().numpy()
     image = one.images()[0]
     folder = out_dir / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -221,11 +212,9 @@ def _write_one(
         ],
         "overlays": files,
         "panel": f"{key}/panel.png",
+        "boxes": paper_boxes(maps_t)[0].tolist(),  # the paper's box of each top class's map
+        "box_space": "network input pixels, inclusive x0 y0 x1 y1, one per top class",
     }
-    boxes = _boxes(one, topk)
-    if boxes is not None:
-        rec["boxes"] = boxes[0]
-        rec["box_space"] = "network input pixels, inclusive x0 y0 x1 y1, one per top class"
     write(rec)
 
 

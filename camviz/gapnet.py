@@ -203,12 +203,16 @@ class _Composed(nn.Module):
         self.features, self.head, self.pool = features, head, pool
 
     def forward(self, x: Tensor) -> Tensor:
-        f = self.features(x)
-        pooled = f.amax(dim=(2, 3)) if self.pool == "max" else f.mean(dim=(2, 3))
-        return self.head(pooled)
+        return self.head(global_pool(self.features(x), self.pool))
 
 
-def _pool(f: Tensor, kind: str) -> Tensor:
+def global_pool(f: Tensor, kind: str) -> Tensor:
+    """Global average ("avg") or max ("max") pooling of (B, K, h, w) features to (B, K).
+
+    Example:
+        >>> global_pool(torch.tensor([[[[1.0, 3.0]]]]), "max").tolist()
+        [[3.0]]
+    """
     return f.amax(dim=(2, 3)) if kind == "max" else f.mean(dim=(2, 3))
 
 
@@ -340,7 +344,7 @@ class GapNet:
         name = type(self.model).__name__
         try:
             with torch.inference_mode():
-                feats, _ = self._forward(x, check=True)
+                feats, *_ = self._forward(x, check=True)
             # the network's stride: an input smaller than one cell has no spatial map
             self.stride = max(
                 1, min(probe_size[0] // feats.shape[-2], probe_size[1] // feats.shape[-1])
@@ -407,7 +411,8 @@ class GapNet:
 
     def _forward(
         self, x: Tensor, check: bool = True, autocast: torch.dtype | None = None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Features, logits and the effective head (W, b) the pass was checked against."""
         with capture(self._site) as cap:
             try:
                 if autocast is not None:
@@ -434,7 +439,7 @@ class GapNet:
             out = out[0]
         out = out.float()
         w, b = self.head_weight, self.head_bias
-        pooled = _pool(feats, self.pool)
+        pooled = global_pool(feats, self.pool)
         recon = pooled @ w.T + b
         if check:
             rel = 1e-4
@@ -451,7 +456,7 @@ class GapNet:
                     f"{float(err.amax()):.3g} (over tolerance by {worst:.3g})"
                 )
         logits = recon if autocast is not None else out
-        return feats, logits
+        return feats, logits, w, b
 
     def prepare(self, images: Any) -> Tensor:
         """Turn a batch given as a tensor, or a list of paths / PIL images / arrays, into a
@@ -506,8 +511,9 @@ class GapNet:
                 "Resize the image first (a transform with a resize does this)."
             )
         with torch.inference_mode():
-            feats, logits = self._forward(x, check=True, autocast=_autocast_dtype(autocast))
-            weight, bias = self.head_weight, self.head_bias
+            feats, logits, weight, bias = self._forward(
+                x, check=True, autocast=_autocast_dtype(autocast)
+            )
         return CamResult(
             logits=logits,
             features=feats,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from camviz.errors import CamvizError
+from camviz.gapnet import global_pool
 from camviz.images import Preprocess
 
 Tensor = torch.Tensor
@@ -285,9 +286,7 @@ class CamResult:
 
     def pooled(self) -> Tensor:
         """Globally pooled features (B, K): the head's input."""
-        if self.pool == "max":
-            return self.features.amax(dim=(2, 3))
-        return self.features.mean(dim=(2, 3))
+        return global_pool(self.features, self.pool)
 
     def images(self) -> np.ndarray:
         """The network input de-normalised to uint8 (B, H, W, 3): what the maps align with.

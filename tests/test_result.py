@@ -68,8 +68,10 @@ def test_min_max_property(values: list[float]) -> None:
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
     if max(values) - min(values) > 1e-3:
         assert float(out.max()) == pytest.approx(1.0) and float(out.min()) == 0.0
-        # order is kept
-        assert torch.equal(out.flatten().argsort(stable=True), m.flatten().argsort(stable=True))
+        # order is kept, up to ties: float32 rounding may merge values closer than its epsilon
+        # (-5e-25 and 0 both map to 1 when the minimum is -1)
+        by_input = out.flatten()[m.flatten().argsort(stable=True)]
+        assert bool((by_input.diff() >= 0).all())
 
 
 def test_constant_and_nan_maps_normalise_to_zero() -> None:

@@ -1,16 +1,24 @@
 """Train the demo GAP network and its GMP twin on class labels only.
 
     python -m camviz.demo.train                 # both nets, into camviz/demo/weights/
-    python -m camviz.demo.train --stage1-steps 20 --steps 10 --stage3-steps 10 --out /tmp/w
+    python -m camviz.demo.train --images 512 --stage1-steps 20 --steps 10 --stage3-steps 10 \\
+        --out /tmp/w                            # a quick smoke run
 
-Three stages (see :func:`main`): the plain stride-8 nets first (they learn fast), then the gated
-nets (stride-4 maps, see :mod:`camviz.demo.net`) warm-started from them, then more steps for the
-GAP net alone; the heads of the gated nets are kept non-negative.
+The recipe (see :func:`main`) mirrors the paper's, where GAP and GMP networks are both fine-tuned
+from one pretrained trunk: a shared trunk is pretrained first (stage 1: a plain stride-8 net;
+stage 2: the gated stride-4 net of :mod:`camviz.demo.net`, warm-started from stage 1's layers),
+then the GAP and the GMP twin each start from it, fit their head on the frozen trunk's pooled
+features (a linear probe) and fine-tune every layer (stage 3) on the same batches with the same
+settings. The heads of the gated nets are kept non-negative.
 
-Both networks see the same stream of freshly generated training images (each batch is drawn once,
-in a loader process, and fed to both), so "trained the same way" holds exactly. Seeded: the images
-are fixed by their indices and the initial weights by ``--seed``. Training runs under bfloat16
-autocast on the CPU (about twice as fast there); the saved weights are float32.
+The trunk is pretrained with max pooling. Average pooling from scratch learns units that fire
+wherever a part is, stray parts included, and its class maps spread over the clutter around the
+object (GT-known loc 38% in an earlier recipe); max pooling learns sharp part-arrangement
+detectors, and fine-tuning them with average pooling makes the maps cover the whole object.
+
+Training images are drawn once, in parallel, into memory (``--images`` distinct train-split
+images, uint8) and reused across steps in seeded epochs. Training runs under bfloat16 autocast on
+the CPU (about twice as fast there); the saved weights are float32.
 
 Example:
     >>> import tempfile
@@ -35,12 +43,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from camviz.demo.net import MEAN, STD, WEIGHT_FILES, WEIGHTS_DIR, DemoModel
-from camviz.demo.world import CLASSES, WORLD_SEED, WORLD_VERSION, render_sample
+from camviz.demo.world import CLASSES, IMAGE_SIZE, WORLD_SEED, WORLD_VERSION, render_sample
+
+NETS = {"demo": "avg", "demo-gmp": "max"}
 
 
 class DemoImages(Dataset):
     """Images ``start .. start + n - 1`` of a demo split as (normalised tensor, label), drawn on
-    access (nothing is stored).
+    access (nothing is stored). ``raw=True`` gives (uint8 HWC array, label) instead.
 
     Example:
         >>> x, y = DemoImages("train", 3)[0]
@@ -48,24 +58,88 @@ class DemoImages(Dataset):
         (torch.Size([3, 128, 128]), True)
     """
 
-    def __init__(self, split: str, n: int, start: int = 0, seed: int = WORLD_SEED) -> None:
-        self.split, self.n, self.start, self.seed = split, n, start, seed
-        self._mean = torch.tensor(MEAN).view(3, 1, 1)
-        self._std = torch.tensor(STD).view(3, 1, 1)
+    def __init__(
+        self, split: str, n: int, start: int = 0, seed: int = WORLD_SEED, raw: bool = False
+    ) -> None:
+        self.split, self.n, self.start, self.seed, self.raw = split, n, start, seed, raw
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Any, int]:
         if not 0 <= i < self.n:
             raise IndexError(i)
         s = render_sample(self.split, self.start + i, seed=self.seed)
-        x = torch.from_numpy(s.image).permute(2, 0, 1).float().div_(255.0)
-        return (x - self._mean) / self._std, s.label
+        if self.raw:
+            return torch.from_numpy(s.image), s.label
+        return normalise(torch.from_numpy(s.image)[None])[0], s.label
 
 
-# Layers of the first demo nets (a plain stride-8 stack, `features.<i>`) that reappear in the
-# fused trunk: a warm start from those weights (`--init`) keeps what they learned.
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) images -> the demo nets' float input (B, 3, H, W), channels-last.
+
+    Example:
+        >>> normalise(torch.full((1, 2, 2, 3), 128, dtype=torch.uint8))[0, :, 0, 0]
+        tensor([0.0078, 0.0078, 0.0078])
+    """
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class TrainingImages:
+    """``n`` distinct train-split images held in memory (uint8), drawn by ``workers`` processes.
+
+    ``batches(steps, batch, seed)`` yields (input, labels) for ``steps`` steps: seeded
+    shuffles, one epoch after another, so the same seed gives the same batches.
+
+    Example:
+        >>> pool = TrainingImages(8, workers=0, progress=False)
+        >>> [tuple(x.shape) for x, _ in pool.batches(steps=3, batch=4, seed=0)]
+        [(4, 3, 128, 128), (4, 3, 128, 128), (4, 3, 128, 128)]
+    """
+
+    def __init__(self, n: int, workers: int = 2, progress: bool = True, start: int = 0) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one training image, got {n}")
+        self.images = torch.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+        self.labels = torch.empty(n, dtype=torch.int64)
+        loader = DataLoader(
+            DemoImages("train", n, start=start, raw=True), batch_size=250, num_workers=workers
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="draw training images", unit="img")
+        i = 0
+        for x, y in loader:
+            self.images[i : i + len(y)] = x
+            self.labels[i : i + len(y)] = y
+            i += len(y)
+            if bar is not None:
+                bar.update(len(y))
+        if bar is not None:
+            bar.close()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, steps: int, batch: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        n = len(self)
+        if batch > n:
+            raise ValueError(f"batch {batch} is larger than the {n} training images")
+        order, j = torch.randperm(n, generator=g), 0
+        for _ in range(steps):
+            if j + batch > n:
+                order, j = torch.randperm(n, generator=g), 0
+            idx = order[j : j + batch].sort().values
+            j += batch
+            yield normalise(self.images[idx]), self.labels[idx]
+
+
+# Layers of the stride-8 trunk (`features.<i>`) that reappear in the fused trunk.
 _STRIDE8_TO_FUSED = {
     "features.0.": "features.stem.0.", "features.1.": "features.stem.1.",
     "features.3.": "features.stem.3.", "features.4.": "features.stem.4.",
@@ -80,8 +154,8 @@ def warm_start(
     model: torch.nn.Module, path: str | os.PathLike[str], head: bool = False
 ) -> list[str]:
     """Copy every feature tensor of a saved demo state dict that fits ``model`` (same name and
-    shape, names of the older stride-8 layout translated; the head only if ``head``); returns
-    the names copied.
+    shape, names of the stride-8 layout translated; the head only if ``head``); returns the
+    names copied.
 
     Example:
         >>> import tempfile, os
@@ -102,6 +176,47 @@ def warm_start(
             copied.append(name)
     model.load_state_dict(own)
     return copied
+
+
+def _pool(f: torch.Tensor, pool: str) -> torch.Tensor:
+    return f.amax(dim=(2, 3)) if pool == "max" else f.mean(dim=(2, 3))
+
+
+def probe_head(
+    model: DemoModel, data: TrainingImages, n: int = 4000, iters: int = 300, lr: float = 0.05,
+    nonneg: bool = True,
+) -> float:
+    """Fit ``model.head`` on the frozen trunk's pooled features of ``n`` training images
+    (full-batch Adam, head weights clamped at 0 if ``nonneg``); returns the final loss.
+
+    A trunk pretrained with max pooling gives pooled values several times larger than its
+    average-pooled ones: the probe rescales the head before fine-tuning instead of letting the
+    first steps do it with large gradients through the whole trunk.
+
+    Example:
+        >>> pool = TrainingImages(8, workers=0, progress=False)
+        >>> probe_head(DemoModel(), pool, n=8, iters=2) > 0
+        True
+    """
+    model.eval()
+    n = min(n, len(data))
+    with torch.no_grad():
+        pooled = torch.cat([
+            _pool(model.features(normalise(data.images[i : i + 250])), model.pool)
+            for i in range(0, n, 250)
+        ])
+    y = data.labels[:n]
+    opt = torch.optim.Adam(model.head.parameters(), lr=lr)
+    loss = torch.tensor(float("nan"))
+    for _ in range(iters):
+        loss = F.cross_entropy(model.head(pooled), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if nonneg:
+            with torch.no_grad():
+                model.head.weight.clamp_(min=0.0)
+    return float(loss.detach())
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -133,28 +248,33 @@ def evaluate(
 
 
 def train(
-    steps: int = 1800,
+    steps: int = 600,
     batch: int = 64,
-    lr: float = 3e-3,
+    lr: float = 3e-4,
     weight_decay: float = 5e-4,
     seed: int = 0,
     val: int = 1000,
     out: str | os.PathLike[str] | None = None,
-    workers: int = 1,
+    data: TrainingImages | None = None,
     bf16: bool = True,
     progress: bool = True,
     checkpoint_every: int = 0,
     init: str | os.PathLike[str] | None = None,
     init_head: bool = False,
+    probe: bool = False,
     arch: str = "fused",
     nonneg_head: bool = True,
     nets: tuple[str, ...] = ("demo", "demo-gmp"),
 ) -> dict[str, Any]:
-    """Train the GAP ("demo") and GMP ("demo-gmp") nets together; save their state dicts.
+    """Train the GAP ("demo") and/or GMP ("demo-gmp") nets on the same batches; save them.
 
-    Writes ``demo_gap.pt``, ``demo_gmp.pt`` and ``demo.json`` (settings, accuracy on ``val``
-    images of the val split, CPU and wall time) into ``out`` (default: the package's weights
-    folder) and returns the json's content.
+    ``init``: a weights file every net starts from (its features; the head too if
+    ``init_head``), or a folder holding each net's own file. ``probe``: fit each head on the
+    frozen trunk first (:func:`probe_head`). ``data``: the training images (default: ``steps
+    * batch`` of them, at most 24,000, drawn here). Writes ``demo_gap.pt`` and/or
+    ``demo_gmp.pt`` and ``demo.json`` (settings, accuracy on ``val`` images of the val split,
+    CPU and wall time) into ``out`` (default: the package's weights folder) and returns the
+    json's content.
 
     Example:
         >>> import tempfile
@@ -164,18 +284,23 @@ def train(
     """
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     children0 = os.times()
+    if data is None:
+        data = TrainingImages(min(steps * batch, 24000), workers=0, progress=progress)
     torch.manual_seed(seed)
-    pools = (("demo", "avg"), ("demo-gmp", "max"))
-    models = {k: DemoModel(pool=pool, arch=arch) for k, pool in pools}
-    models = {k: models[k] for k in nets}
+    models = {k: DemoModel(pool=NETS[k], arch=arch) for k in nets}
     warm: dict[str, int] = {}
+    probe_loss: dict[str, float] = {}
     if init is not None:
         for k, m in models.items():
-            warm[k] = len(warm_start(m, Path(init) / WEIGHT_FILES[m.pool], head=init_head))
+            src = Path(init) / WEIGHT_FILES[m.pool] if Path(init).is_dir() else Path(init)
+            warm[k] = len(warm_start(m, src, head=init_head))
     if nonneg_head:
         for m in models.values():
             with torch.no_grad():
                 m.head.weight.abs_()
+    if probe:
+        for k, m in models.items():
+            probe_loss[k] = round(probe_head(m, data, nonneg=nonneg_head), 4)
     opts = {}
     for k, m in models.items():
         m.to(memory_format=torch.channels_last).train()
@@ -185,20 +310,15 @@ def train(
             [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0}],
             lr=lr,
         )
-    data = DemoImages("train", steps * batch)
-    loader = DataLoader(
-        data, batch_size=batch, shuffle=False, num_workers=workers, drop_last=True,
-        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-    )
     warmup = max(1, steps // 20)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="train demo + demo-gmp", unit="step")
+        bar = tqdm(total=steps, desc=f"train {' + '.join(models)} ({arch})", unit="step")
     running = dict.fromkeys(models, float("nan"))
-    for step, (x, y) in enumerate(loader):
-        x = x.contiguous(memory_format=torch.channels_last)
+    dest = Path(out) if out is not None else WEIGHTS_DIR
+    for step, (x, y) in enumerate(data.batches(steps, batch, seed=seed)):
         rate = _lr_at(step, steps, lr, warmup)
         for k, m in models.items():
             for g in opts[k].param_groups:
@@ -215,7 +335,7 @@ def train(
             v = float(loss.detach())
             running[k] = v if math.isnan(running[k]) else 0.95 * running[k] + 0.05 * v
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            ck = (Path(out) if out is not None else WEIGHTS_DIR) / f"step{step + 1}"
+            ck = dest / f"step{step + 1}"
             ck.mkdir(parents=True, exist_ok=True)
             for m in models.values():
                 state = {n: t.detach().clone().contiguous() for n, t in m.state_dict().items()}
@@ -225,7 +345,6 @@ def train(
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
     if bar is not None:
         bar.close()
-    del loader
     train_cpu = time.process_time() - t_cpu
     children = os.times()
     child_cpu = (children.children_user - children0.children_user) + (
@@ -236,12 +355,10 @@ def train(
     for m in models.values():
         m.to(memory_format=torch.contiguous_format).eval()
     acc = evaluate(models, "val", val) if val > 0 else {}
-    dest = Path(out) if out is not None else WEIGHTS_DIR
     dest.mkdir(parents=True, exist_ok=True)
-    files = {"demo": WEIGHT_FILES["avg"], "demo-gmp": WEIGHT_FILES["max"]}
-    for k, m in models.items():
+    for m in models.values():
         state = {n: t.detach().cpu().contiguous().clone() for n, t in m.state_dict().items()}
-        torch.save(state, dest / files[k])
+        torch.save(state, dest / WEIGHT_FILES[m.pool])
     info = {
         "world_version": WORLD_VERSION,
         "world_seed": WORLD_SEED,
@@ -251,20 +368,19 @@ def train(
         "nonneg_head": nonneg_head,
         "steps": steps,
         "batch": batch,
-        "train_images": steps * batch,
+        "train_images": len(data),
         "lr": lr,
         "weight_decay": weight_decay,
         "bf16_autocast": bf16,
         "warm_start": {"from": str(init), "tensors": warm} if init is not None else None,
+        "probe_loss": probe_loss or None,
         "torch_threads": torch.get_num_threads(),
         "train_wall_s": round(train_wall, 1),
         "train_cpu_s": round(train_cpu + child_cpu, 1),
-        "train_cpu_s_main": round(train_cpu, 1),
-        "train_cpu_s_loader": round(child_cpu, 1),
         "final_loss": {k: round(v, 4) for k, v in running.items()},
         "val_images": val,
         "val_top1": acc,
-        "nets": {k: {"file": files[k], "pool": m.pool} for k, m in models.items()},
+        "nets": {k: {"file": WEIGHT_FILES[m.pool], "pool": m.pool} for k, m in models.items()},
     }
     (dest / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -273,85 +389,97 @@ def train(
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m camviz.demo.train [--out DIR] ...``, the bundled weights' recipe.
 
-    Stage 1: the plain stride-8 nets (``--stage1-steps``, into OUT/stage1). Stage 2: the gated
-    nets, both, warm-started from stage 1's layers (``--steps``, OUT/stage2). Stage 3: the GAP
-    net alone goes on from stage 2, head included (``--stage3-steps``, OUT/stage3): average
-    pooling learns more slowly than max pooling, which has converged by then. The final GAP net
-    is stage 3's, the GMP net stage 2's; both are evaluated on ``--val`` val images.
+    Draw ``--images`` training images. Stage 1: pretrain the plain stride-8 trunk with max
+    pooling (``--stage1-steps``, OUT/stage1). Stage 2: the gated trunk, warm-started from stage
+    1's layers, max pooling (``--steps``, OUT/stage2). Stage 3: the GAP and the GMP net both
+    start from stage 2's trunk, probe their heads and fine-tune on the same batches
+    (``--stage3-steps``, OUT/stage3). The final nets are stage 3's, evaluated on ``--val`` val
+    images; the wall and CPU time in OUT/demo.json include drawing the images.
     """
     p = argparse.ArgumentParser(
         prog="python -m camviz.demo.train", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--stage1-steps", type=int, default=1500,
-                   help="steps of the stride-8 first stage (default 1500; 0: none)")
+    p.add_argument("--images", type=int, default=24000,
+                   help="distinct training images drawn into memory (default 24000, 1.2 GB)")
+    p.add_argument("--stage1-steps", type=int, default=1000,
+                   help="steps of the stride-8 pretraining (default 1000)")
     p.add_argument("--stage1-lr", type=float, default=3e-3)
-    p.add_argument("--steps", type=int, default=500, help="steps of stage 2 (default 500)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of stages 2, 3")
+    p.add_argument("--steps", type=int, default=600,
+                   help="steps of the gated trunk's pretraining, stage 2 (default 600)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of stage 2")
     p.add_argument("--stage3-steps", type=int, default=600,
-                   help="more steps for the GAP net alone (default 600; 0: none)")
+                   help="fine-tuning steps of each net (default 600)")
+    p.add_argument("--stage3-lr", type=float, default=3e-4)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=int, default=1000, help="val images to report accuracy on")
-    p.add_argument("--workers", type=int, default=1, help="image-drawing loader processes")
+    p.add_argument("--workers", type=int, default=2, help="processes drawing the images")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save the weights every N steps into <stage>/step<N>/ (0: never)")
-    p.add_argument("--init", default=None, help="folder of earlier weights to start from")
-    p.add_argument("--init-head", action="store_true", help="with --init: the heads too")
     p.add_argument("--out", default=None, help="folder for the weights (default: the package's)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     np.seterr(all="ignore")
+    t_wall, t_cpu, children0 = time.perf_counter(), time.process_time(), os.times()
     out = Path(a.out) if a.out else WEIGHTS_DIR
-    common = dict(batch=a.batch, seed=a.seed, workers=a.workers, bf16=not a.no_bf16,
+    data = TrainingImages(a.images, workers=a.workers)
+    draw = {"images": a.images, "wall_s": round(time.perf_counter() - t_wall, 1)}
+    common = dict(batch=a.batch, data=data, bf16=not a.no_bf16,
                   checkpoint_every=a.checkpoint_every, val=0)
-    stages: dict[str, dict[str, Any]] = {}
-    init, head = a.init, a.init_head
-    if a.stage1_steps > 0:
-        stages["stage1"] = train(steps=a.stage1_steps, lr=a.stage1_lr, out=out / "stage1",
-                                 arch="stride8", init=init, init_head=head, nonneg_head=False,
-                                 **common)
-        init, head = out / "stage1", False
+    stages = {
+        "stage1": train(steps=a.stage1_steps, lr=a.stage1_lr, out=out / "stage1",
+                        arch="stride8", nets=("demo-gmp",), nonneg_head=False, seed=a.seed,
+                        **common),
+    }
     stages["stage2"] = train(steps=a.steps, lr=a.lr, out=out / "stage2", arch="fused",
-                             init=init, init_head=head, **common)
-    gap_from = out / "stage2"
-    if a.stage3_steps > 0:
-        stages["stage3"] = train(steps=a.stage3_steps, lr=a.lr, out=out / "stage3", arch="fused",
-                                 init=out / "stage2", init_head=True, nets=("demo",), **common)
-        gap_from = out / "stage3"
-    finish(out, {"demo": gap_from, "demo-gmp": out / "stage2"}, stages, a.val)
+                             init=out / "stage1" / WEIGHT_FILES["max"], nets=("demo-gmp",),
+                             seed=a.seed + 1, **common)
+    stages["stage3"] = train(steps=a.stage3_steps, lr=a.stage3_lr, out=out / "stage3",
+                             arch="fused", init=out / "stage2" / WEIGHT_FILES["max"],
+                             init_head=True, probe=True, seed=a.seed + 2, **common)
+    children = os.times()
+    total = {
+        "wall_s": round(time.perf_counter() - t_wall, 1),
+        "cpu_s": round(time.process_time() - t_cpu + children.children_user
+                       - children0.children_user + children.children_system
+                       - children0.children_system, 1),
+    }
+    finish(out, out / "stage3", stages, a.val, draw, total)
     info = json.loads((out / "demo.json").read_text())
     print(json.dumps({k: info[k] for k in ("train_wall_s", "train_cpu_s", "val_top1")}))
     return 0
 
 
 def finish(
-    out: Path, sources: dict[str, Path], stages: dict[str, dict[str, Any]], val: int
+    out: Path, src: Path, stages: dict[str, dict[str, Any]], val: int,
+    draw: dict[str, Any], total: dict[str, float],
 ) -> None:
-    """Copy the final weights of each net into ``out``, measure them on ``val`` val images and
-    write ``demo.json`` with every stage's settings and times (summed into the totals)."""
+    """Copy the final weights of both nets from ``src`` into ``out``, measure them on ``val`` val
+    images and write ``demo.json`` with every stage's settings and times."""
     models = {}
-    for name, src in sources.items():
-        pool = "avg" if name == "demo" else "max"
+    for name, pool in NETS.items():
         state = torch.load(src / WEIGHT_FILES[pool], map_location="cpu", weights_only=True)
         torch.save(state, out / WEIGHT_FILES[pool])
         m = DemoModel(pool=pool)
         m.load_state_dict(state)
         models[name] = m.eval()
     acc = evaluate(models, "val", val) if val > 0 else {}
-    keep = ("arch", "steps", "batch", "lr", "nonneg_head", "warm_start", "train_wall_s",
-            "train_cpu_s", "final_loss")
-    last = next(reversed(stages.values()))
-    info = {k: last[k] for k in ("world_version", "world_seed", "classes", "seed",
-                                 "bf16_autocast", "torch_threads")}
+    keep = ("arch", "steps", "batch", "lr", "nonneg_head", "warm_start", "probe_loss",
+            "train_wall_s", "train_cpu_s", "final_loss")
+    last = stages["stage3"]
+    info = {k: last[k] for k in ("world_version", "world_seed", "classes", "bf16_autocast",
+                                 "torch_threads")}
     info.update({
+        "seed": stages["stage1"]["seed"],
+        "train_images": draw,
         "stages": {k: {f: v.get(f) for f in keep} | {"nets": sorted(v["nets"])}
                    for k, v in stages.items()},
-        "final": {k: str(v.name) for k, v in sources.items()},
-        "train_wall_s": round(sum(v["train_wall_s"] for v in stages.values()), 1),
-        "train_cpu_s": round(sum(v["train_cpu_s"] for v in stages.values()), 1),
+        "final": {k: src.name for k in NETS},
+        "train_wall_s": total["wall_s"],
+        "train_cpu_s": total["cpu_s"],
         "val_images": val,
         "val_top1": acc,
     })

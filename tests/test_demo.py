@@ -264,6 +264,10 @@ def test_training_batches_are_seeded_and_cycle_through_every_image():
 
     pool = TrainingImages(10, workers=0, progress=False)
     assert pool.labels.tolist() == [render_sample("train", i).label for i in range(10)]
+    assert np.array_equal(pool.images[7].numpy(), render_sample("train", 7).image)
+    # two processes taking turns at chunks of 3: the same pixels in the same order
+    drawn_apart = TrainingImages(10, workers=2, progress=False, chunk=3)
+    assert torch.equal(drawn_apart.images, pool.images)
     a = [y.tolist() for _, y in pool.batches(steps=5, batch=4, seed=3)]
     b = [y.tolist() for _, y in pool.batches(steps=5, batch=4, seed=3)]
     assert a == b

@@ -88,7 +88,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 class TrainingImages:
-    """``n`` distinct train-split images held in memory (uint8), drawn by ``workers`` processes.
+    """``n`` distinct train-split images held in memory (uint8), drawn by ``workers`` processes
+    (``chunk`` images at a time each).
 
     ``batches(steps, batch, seed)`` yields (input, labels) for ``steps`` steps: seeded
     shuffles, one epoch after another, so the same seed gives the same batches.
@@ -99,13 +100,15 @@ class TrainingImages:
         [(4, 3, 128, 128), (4, 3, 128, 128), (4, 3, 128, 128)]
     """
 
-    def __init__(self, n: int, workers: int = 2, progress: bool = True, start: int = 0) -> None:
+    def __init__(
+        self, n: int, workers: int = 2, progress: bool = True, start: int = 0, chunk: int = 250
+    ) -> None:
         if n < 1:
             raise ValueError(f"need at least one training image, got {n}")
         self.images = torch.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
         self.labels = torch.empty(n, dtype=torch.int64)
         loader = DataLoader(
-            DemoImages("train", n, start=start, raw=True), batch_size=250, num_workers=workers
+            DemoImages("train", n, start=start, raw=True), batch_size=chunk, num_workers=workers
         )
         bar = None
         if progress:

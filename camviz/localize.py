@@ -243,7 +243,7 @@ def reference_thresholds(u8max: int, cam_thresholds: Sequence[float] | np.ndarra
         >>> reference_thresholds(255, [0.0, 0.2, 0.6]).tolist()
         [0, 51, 153]
     """
-    t = np.asarray(cam_thresholds, dtype=np.float64)
+    t = np.atleast_1d(np.asarray(cam_thresholds, dtype=np.float64))  # a lone float: one cut
     return (t * np.float64(u8max)).astype(np.int64)
 
 
@@ -411,8 +411,9 @@ def reference_boxes(
     area 0; ties go to the first contour in OpenCV's order); multi mode gives every region's
     box plus one box per hole. A box is ``(x, y, x + w, y + h)`` with ``x1``/``y1`` clipped to
     ``W - 1``/``H - 1``; no foreground gives ``(0, 0, 0, 0)``. Returns one ``(n, 4)`` int64
-    array per threshold. In multi mode the set of boxes is the reference's (the order may
-    differ). NaN or out-of-range maps raise :class:`InvalidMap` (a ``ValueError``).
+    array per threshold (a single float counts as one threshold). In multi mode the set of
+    boxes is the reference's (the order may differ). NaN or out-of-range maps raise
+    :class:`InvalidMap` (a ``ValueError``).
 
     Example:
         >>> import numpy as np

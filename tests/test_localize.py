@@ -57,6 +57,12 @@ def test_reference_unimodal_vectors():
     ]
 
 
+def test_reference_boxes_take_a_lone_threshold():
+    # the same box as the 3rd published threshold of the unimodal vector (t = 0.4)
+    one = reference_boxes(UNIMODAL, float(T5[2]))
+    assert len(one) == 1 and one[0].tolist() == [[2, 1, 4, 3]]
+
+
 def test_reference_multimodal_vectors():
     assert _single(MULTIMODAL, T5) == [
         [0, 0, 4, 3],

@@ -1,20 +1,23 @@
 """Train the demo GAP network and its GMP twin on class labels only.
 
     python -m camviz.demo.train                 # both nets, into camviz/demo/weights/
-    python -m camviz.demo.train --images 512 --stage1-steps 20 --steps 10 --stage3-steps 10 \\
-        --out /tmp/w                            # a quick smoke run
+    python -m camviz.demo.train --images 512 --stage1-steps 20 --steps 10 --out /tmp/w
+                                                # a quick smoke run
 
-The recipe (see :func:`main`) mirrors the paper's, where GAP and GMP networks are both fine-tuned
-from one pretrained trunk: a shared trunk is pretrained first (stage 1: a plain stride-8 net;
-stage 2: the gated stride-4 net of :mod:`camviz.demo.net`, warm-started from stage 1's layers),
-then the GAP and the GMP twin each start from it, fit their head on the frozen trunk's pooled
-features (a linear probe) and fine-tune every layer (stage 3) on the same batches with the same
-settings. The heads of the gated nets are kept non-negative.
+The recipe (see :func:`main`): stage 1 pretrains a plain stride-8 trunk with max pooling (it
+learns fast); stage 2 warm-starts the gated stride-4 trunk of :mod:`camviz.demo.net` from it and
+trains that one trunk under two heads at once, a GAP head and a GMP head, on a weighted sum of
+their losses (GAP 0.25, GMP 0.75). The GAP net is the trunk with the GAP head, its twin the same
+trunk with the GMP head: trained together, on the same batches, so the two differ only in how
+the map is pooled. Heads are kept non-negative and learn at 10x the trunk's rate (average-pooled
+values are several times smaller than max-pooled ones, so the GAP head needs larger weights).
 
-The trunk is pretrained with max pooling. Average pooling from scratch learns units that fire
-wherever a part is, stray parts included, and its class maps spread over the clutter around the
-object (GT-known loc 38% in an earlier recipe); max pooling learns sharp part-arrangement
-detectors, and fine-tuning them with average pooling makes the maps cover the whole object.
+Why not each net on its own: a GAP net trained alone learns part detectors that fire on every
+part of their type, stray parts included, and its maps spread over the clutter around the object
+(GT-known loc 38%); a trunk trained with max pooling alone keeps the maps on the object but
+spreads each class over shared units that fire hardest on other classes' objects, so a class's
+top units are labelled with other classes' parts. Trained together, the max-pooled loss keeps
+the maps on the object and the average-pooled one keeps the units on parts.
 
 Training images are drawn once, in parallel, into memory (``--images`` distinct train-split
 images, uint8) and reused across steps in seeded epochs. Training runs under bfloat16 autocast on
@@ -185,43 +188,6 @@ def _pool(f: torch.Tensor, pool: str) -> torch.Tensor:
     return f.amax(dim=(2, 3)) if pool == "max" else f.mean(dim=(2, 3))
 
 
-def probe_head(
-    model: DemoModel, data: TrainingImages, n: int = 4000, iters: int = 300, lr: float = 0.05,
-    nonneg: bool = True,
-) -> float:
-    """Fit ``model.head`` on the frozen trunk's pooled features of ``n`` training images
-    (full-batch Adam, head weights clamped at 0 if ``nonneg``); returns the final loss.
-
-    A trunk pretrained with max pooling gives pooled values several times larger than its
-    average-pooled ones: the probe rescales the head before fine-tuning instead of letting the
-    first steps do it with large gradients through the whole trunk.
-
-    Example:
-        >>> pool = TrainingImages(8, workers=0, progress=False)
-        >>> probe_head(DemoModel(), pool, n=8, iters=2) > 0
-        True
-    """
-    model.eval()
-    n = min(n, len(data))
-    with torch.no_grad():
-        pooled = torch.cat([
-            _pool(model.features(normalise(data.images[i : i + 250])), model.pool)
-            for i in range(0, n, 250)
-        ])
-    y = data.labels[:n]
-    opt = torch.optim.Adam(model.head.parameters(), lr=lr)
-    loss = torch.tensor(float("nan"))
-    for _ in range(iters):
-        loss = F.cross_entropy(model.head(pooled), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if nonneg:
-            with torch.no_grad():
-                model.head.weight.clamp_(min=0.0)
-    return float(loss.detach())
-
-
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -264,17 +230,22 @@ def train(
     checkpoint_every: int = 0,
     init: str | os.PathLike[str] | None = None,
     init_head: bool = False,
-    probe: bool = False,
     arch: str = "fused",
     nonneg_head: bool = True,
     nets: tuple[str, ...] = ("demo", "demo-gmp"),
+    shared: bool = False,
+    gap_weight: float = 0.5,
+    head_lr_mult: float = 1.0,
 ) -> dict[str, Any]:
     """Train the GAP ("demo") and/or GMP ("demo-gmp") nets on the same batches; save them.
 
     ``init``: a weights file every net starts from (its features; the head too if
-    ``init_head``), or a folder holding each net's own file. ``probe``: fit each head on the
-    frozen trunk first (:func:`probe_head`). ``data``: the training images (default: ``steps
-    * batch`` of them, at most 24,000, drawn here). Writes ``demo_gap.pt`` and/or
+    ``init_head``), or a folder holding each net's own file. ``shared``: one trunk under both
+    heads, trained on ``gap_weight`` x the GAP loss + (1 - ``gap_weight``) x the GMP loss (each
+    saved file then holds that trunk and its own head).
+    ``head_lr_mult``: the heads' learning rate relative to ``lr`` (no weight decay on heads).
+    ``data``: the training images (default: ``steps * batch`` of them, at most 24,000, drawn
+    here). Writes ``demo_gap.pt`` and/or
     ``demo_gmp.pt`` and ``demo.json`` (settings, accuracy on ``val`` images of the val split,
     CPU and wall time) into ``out`` (default: the package's weights folder) and returns the
     json's content.
@@ -292,7 +263,6 @@ def train(
     torch.manual_seed(seed)
     models = {k: DemoModel(pool=NETS[k], arch=arch) for k in nets}
     warm: dict[str, int] = {}
-    probe_loss: dict[str, float] = {}
     if init is not None:
         for k, m in models.items():
             src = Path(init) / WEIGHT_FILES[m.pool] if Path(init).is_dir() else Path(init)
@@ -301,18 +271,24 @@ def train(
         for m in models.values():
             with torch.no_grad():
                 m.head.weight.abs_()
-    if probe:
-        for k, m in models.items():
-            probe_loss[k] = round(probe_head(m, data, nonneg=nonneg_head), 4)
-    opts = {}
-    for k, m in models.items():
-        m.to(memory_format=torch.channels_last).train()
-        decay = [p for n, p in m.named_parameters() if p.ndim > 1]
-        other = [p for n, p in m.named_parameters() if p.ndim <= 1]
-        opts[k] = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0}],
+    if shared:  # one trunk under both heads: the GMP net's features are the GAP net's
+        trunk = next(iter(models.values())).features
+        for m in models.values():
+            m.features = trunk
+    # one optimizer per group of nets trained together: all of them if shared, else one each
+    groups = [tuple(models)] if shared else [(k,) for k in models]
+    opts = []
+    for group in groups:
+        heads = dict.fromkeys(p for k in group for p in models[k].head.parameters())
+        trunk = dict.fromkeys(p for k in group for p in models[k].features.parameters())
+        for k in group:
+            models[k].to(memory_format=torch.channels_last).train()
+        opts.append(torch.optim.AdamW(
+            [{"params": [p for p in trunk if p.ndim > 1], "weight_decay": weight_decay},
+             {"params": [p for p in trunk if p.ndim <= 1], "weight_decay": 0},
+             {"params": list(heads), "weight_decay": 0, "lr_mult": head_lr_mult}],
             lr=lr,
-        )
+        ))
     warmup = max(1, steps // 20)
     bar = None
     if progress:
@@ -323,20 +299,27 @@ def train(
     dest = Path(out) if out is not None else WEIGHTS_DIR
     for step, (x, y) in enumerate(data.batches(steps, batch, seed=seed)):
         rate = _lr_at(step, steps, lr, warmup)
-        for k, m in models.items():
-            for g in opts[k].param_groups:
-                g["lr"] = rate
+        for group, opt in zip(groups, opts):
+            for g in opt.param_groups:
+                g["lr"] = rate * g.get("lr_mult", 1.0)
+            losses = {}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = m(x)
-            loss = F.cross_entropy(logits.float(), y)
-            opts[k].zero_grad(set_to_none=True)
+                f = models[group[0]].features(x)  # shared by the group
+                for k in group:
+                    losses[k] = F.cross_entropy(models[k].head(_pool(f, models[k].pool)).float(), y)
+            if len(losses) == 2:
+                loss = gap_weight * losses["demo"] + (1 - gap_weight) * losses["demo-gmp"]
+            else:
+                loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            opts[k].step()
-            if nonneg_head:  # class maps then add up evidence for their class only
-                with torch.no_grad():
-                    m.head.weight.clamp_(min=0.0)
-            v = float(loss.detach())
-            running[k] = v if math.isnan(running[k]) else 0.95 * running[k] + 0.05 * v
+            opt.step()
+            for k, v in losses.items():
+                if nonneg_head:  # class maps then add up evidence for their class only
+                    with torch.no_grad():
+                        models[k].head.weight.clamp_(min=0.0)
+                v = float(v.detach())
+                running[k] = v if math.isnan(running[k]) else 0.95 * running[k] + 0.05 * v
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             ck = dest / f"step{step + 1}"
             ck.mkdir(parents=True, exist_ok=True)
@@ -369,6 +352,9 @@ def train(
         "seed": seed,
         "arch": arch,
         "nonneg_head": nonneg_head,
+        "shared_trunk": shared,
+        "gap_weight": gap_weight if shared and len(models) == 2 else None,
+        "head_lr_mult": head_lr_mult,
         "steps": steps,
         "batch": batch,
         "train_images": len(data),
@@ -376,7 +362,6 @@ def train(
         "weight_decay": weight_decay,
         "bf16_autocast": bf16,
         "warm_start": {"from": str(init), "tensors": warm} if init is not None else None,
-        "probe_loss": probe_loss or None,
         "torch_threads": torch.get_num_threads(),
         "train_wall_s": round(train_wall, 1),
         "train_cpu_s": round(train_cpu + child_cpu, 1),
@@ -394,10 +379,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Draw ``--images`` training images. Stage 1: pretrain the plain stride-8 trunk with max
     pooling (``--stage1-steps``, OUT/stage1). Stage 2: the gated trunk, warm-started from stage
-    1's layers, max pooling (``--steps``, OUT/stage2). Stage 3: the GAP and the GMP net both
-    start from stage 2's trunk, probe their heads and fine-tune on the same batches
-    (``--stage3-steps``, OUT/stage3). The final nets are stage 3's, evaluated on ``--val`` val
-    images; the wall and CPU time in OUT/demo.json include drawing the images.
+    1's layers, under a GAP and a GMP head at once (``--steps``, ``--gap-weight``, OUT/stage2).
+    The final nets are stage 2's, evaluated on ``--val`` val images; the wall and CPU time in
+    OUT/demo.json include drawing the images.
     """
     p = argparse.ArgumentParser(
         prog="python -m camviz.demo.train", description=__doc__.split("\n")[0]
@@ -407,12 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage1-steps", type=int, default=1000,
                    help="steps of the stride-8 pretraining (default 1000)")
     p.add_argument("--stage1-lr", type=float, default=3e-3)
-    p.add_argument("--steps", type=int, default=600,
-                   help="steps of the gated trunk's pretraining, stage 2 (default 600)")
+    p.add_argument("--steps", type=int, default=1200,
+                   help="steps of the gated trunk under both heads, stage 2 (default 1200)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of stage 2")
-    p.add_argument("--stage3-steps", type=int, default=600,
-                   help="fine-tuning steps of each net (default 600)")
-    p.add_argument("--stage3-lr", type=float, default=3e-4)
+    p.add_argument("--gap-weight", type=float, default=0.25,
+                   help="weight of the GAP head's loss in stage 2, the GMP head's is 1 - it")
+    p.add_argument("--head-lr-mult", type=float, default=10.0,
+                   help="the heads' learning rate relative to the trunk's in stage 2")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", type=int, default=1000, help="val images to report accuracy on")
@@ -438,11 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                         **common),
     }
     stages["stage2"] = train(steps=a.steps, lr=a.lr, out=out / "stage2", arch="fused",
-                             init=out / "stage1" / WEIGHT_FILES["max"], nets=("demo-gmp",),
+                             init=out / "stage1" / WEIGHT_FILES["max"], shared=True,
+                             gap_weight=a.gap_weight, head_lr_mult=a.head_lr_mult,
                              seed=a.seed + 1, **common)
-    stages["stage3"] = train(steps=a.stage3_steps, lr=a.stage3_lr, out=out / "stage3",
-                             arch="fused", init=out / "stage2" / WEIGHT_FILES["max"],
-                             init_head=True, probe=True, seed=a.seed + 2, **common)
     children = os.times()
     total = {
         "wall_s": round(time.perf_counter() - t_wall, 1),
@@ -450,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                        - children0.children_user + children.children_system
                        - children0.children_system, 1),
     }
-    finish(out, out / "stage3", stages, a.val, draw, total)
+    finish(out, out / "stage2", stages, a.val, draw, total)
     info = json.loads((out / "demo.json").read_text())
     print(json.dumps({k: info[k] for k in ("train_wall_s", "train_cpu_s", "val_top1")}))
     return 0
@@ -470,9 +453,9 @@ def finish(
         m.load_state_dict(state)
         models[name] = m.eval()
     acc = evaluate(models, "val", val) if val > 0 else {}
-    keep = ("arch", "steps", "batch", "lr", "nonneg_head", "warm_start", "probe_loss",
-            "train_wall_s", "train_cpu_s", "final_loss")
-    last = stages["stage3"]
+    keep = ("arch", "shared_trunk", "head_lr_mult", "steps", "batch", "lr", "nonneg_head",
+            "gap_weight", "warm_start", "train_wall_s", "train_cpu_s", "final_loss")
+    last = stages["stage2"]
     info = {k: last[k] for k in ("world_version", "world_seed", "classes", "bf16_autocast",
                                  "torch_threads")}
     info.update({

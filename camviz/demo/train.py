@@ -188,6 +188,12 @@ def _pool(f: torch.Tensor, pool: str) -> torch.Tensor:
     return f.amax(dim=(2, 3)) if pool == "max" else f.mean(dim=(2, 3))
 
 
+def _save(model: torch.nn.Module, path: Path) -> None:
+    """Save a plain, contiguous CPU copy of ``model``'s state dict (loads with weights_only)."""
+    torch.save({n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()},
+               path)
+
+
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -262,6 +268,10 @@ def train(
         data = TrainingImages(min(steps * batch, 24000), workers=0, progress=progress)
     torch.manual_seed(seed)
     models = {k: DemoModel(pool=NETS[k], arch=arch) for k in nets}
+    if shared:  # one trunk under both heads: the GMP net's features are the GAP net's
+        trunk = next(iter(models.values())).features
+        for m in models.values():
+            m.features = trunk
     warm: dict[str, int] = {}
     if init is not None:
         for k, m in models.items():
@@ -271,10 +281,6 @@ def train(
         for m in models.values():
             with torch.no_grad():
                 m.head.weight.abs_()
-    if shared:  # one trunk under both heads: the GMP net's features are the GAP net's
-        trunk = next(iter(models.values())).features
-        for m in models.values():
-            m.features = trunk
     # one optimizer per group of nets trained together: all of them if shared, else one each
     groups = [tuple(models)] if shared else [(k,) for k in models]
     opts = []
@@ -324,8 +330,7 @@ def train(
             ck = dest / f"step{step + 1}"
             ck.mkdir(parents=True, exist_ok=True)
             for m in models.values():
-                state = {n: t.detach().clone().contiguous() for n, t in m.state_dict().items()}
-                torch.save(state, ck / WEIGHT_FILES[m.pool])
+                _save(m, ck / WEIGHT_FILES[m.pool])
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
@@ -343,8 +348,7 @@ def train(
     acc = evaluate(models, "val", val) if val > 0 else {}
     dest.mkdir(parents=True, exist_ok=True)
     for m in models.values():
-        state = {n: t.detach().cpu().contiguous().clone() for n, t in m.state_dict().items()}
-        torch.save(state, dest / WEIGHT_FILES[m.pool])
+        _save(m, dest / WEIGHT_FILES[m.pool])
     info = {
         "world_version": WORLD_VERSION,
         "world_seed": WORLD_SEED,

@@ -255,20 +255,27 @@ def weights_arg(text: str) -> str | None:
     return None if text.lower() in ("none", "random") else text
 
 
+def model_args(p: argparse.ArgumentParser) -> None:
+    """Add the options every model-running command shares: ``--model``, ``--weights``, ``--device``.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); model_args(p)
+        >>> p.parse_args(["--weights", "none"]).weights is None
+        True
+    """
+    p.add_argument("--model", default="demo", help="camviz or torchvision model name")
+    p.add_argument("--weights", default="DEFAULT", type=weights_arg,
+                   help="weights name, DEFAULT, or none for random weights")
+    p.add_argument("--device", default="auto")
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="class activation maps of the top-k classes of images")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--model", default="demo", help="camviz or torchvision model name")
-    p.add_argument(
-        "--weights",
-        default="DEFAULT",
-        type=weights_arg,
-        help="weights name, DEFAULT, or none for random weights",
-    )
+    model_args(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--cmap", default="jet")
     p.add_argument("--retry-errors", action="store_true", help="redo images that failed before")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from camviz.cli import demo_split, weights_arg
+from camviz.cli import demo_split, model_args
 from camviz.datasets import WsolDataset, WsolMetadata, collate
 from camviz.errors import CamvizError, DatasetError
 from camviz.images import Preprocess
@@ -274,13 +274,7 @@ def register(sub: Any) -> None:
     """
 
     p = sub.add_parser("eval", help="classification and WSOL localization scores on a dataset")
-    p.add_argument("--model", default="demo", help="camviz or torchvision model name")
-    p.add_argument(
-        "--weights",
-        default="DEFAULT",
-        type=weights_arg,
-        help="weights name, DEFAULT, or none for random weights",
-    )
+    model_args(p)
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or METADATA_DIR[:IMAGE_ROOT]")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
@@ -291,7 +285,6 @@ def register(sub: Any) -> None:
         default=PAPER_THRESHOLD,
         help="fixed threshold of the CAM paper's numbers",
     )
-    p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")

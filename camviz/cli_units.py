@@ -25,7 +25,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from camviz.cli import demo_split, weights_arg
+from camviz.cli import demo_split, model_args
 from camviz.errors import DatasetError
 
 DEMO_DEFAULT_N = 500
@@ -92,16 +92,13 @@ def resolve_data(spec: str, transform: Any = None, need_parts: bool = False) -> 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="camviz or torchvision model name")
-    p.add_argument("--weights", default="DEFAULT", type=weights_arg,
-                   help="weights name, DEFAULT, or none for random weights")
+    model_args(p)
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or a dataset folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--top-n", type=int, default=16, help="top images kept per unit")
     p.add_argument("--level", type=float, default=0.995,
                    help="quantile level of the unit thresholds (Network Dissection: 0.995)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the scan cache")
     p.add_argument("--no-progress", action="store_true")
 

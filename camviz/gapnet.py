@@ -1,9 +1,10 @@
 """GapNet: a classifier seen as conv features -> global pooling -> one linear head.
 
 Everything camviz shows follows from three things of one forward pass: the last conv features
-F (B, K, h, w), the head weights W (C, K) and the bias b (C). A GapNet finds them in a model,
-proves at wrap time that ``head(pool(F))`` is the model's output, and re-checks it on every pass,
-so a map it returns is exact or an error is raised.
+F (B, K, h, w), the head weights W (C, K) and the bias b (C). A GapNet finds them in a model
+(through the family's :class:`~camviz.registry.Adapter`), proves at wrap time that
+``head(pool(F))`` is the model's output, and re-checks it on every pass, so a map it returns is
+exact or an error is raised.
 
 Example:
     >>> import torch, torchvision
@@ -16,31 +17,35 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
-from urllib.error import URLError
-from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from camviz.errors import (
-    CamvizError,
-    ImageError,
-    NotAGapNetwork,
-    NotExact,
-    UnknownModel,
-    WeightsUnavailable,
-)
-from camviz.hooks import capture
-from camviz.images import Preprocess
+from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
+from camviz.hooks import capture, eval_mode
+from camviz.images import Preprocess, to_batch
+from camviz.maps import POOLS, global_pool
+from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
+from camviz.result import CamResult
+
+__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "REL_TOL", "REL_TOL_TF32",
+           "REL_TOL_AUTOCAST", "ABS_TOL"]
 
 Tensor = torch.Tensor
+
+#: Relative tolerance of the exactness check in float32: the logit and ``head(pool(F))`` are
+#: the same dot products summed in another order, whose error is a few ulps (1.2e-7 each) of
+#: the sum of |terms|; 1e-4 of that sum leaves room for K up to ~10^4 terms.
+REL_TOL = 1e-4
+#: On CUDA with TF32 matmuls allowed, products keep 10 mantissa bits (2^-11 = 4.9e-4 each).
+REL_TOL_TF32 = 5e-3
+#: Under bf16/fp16 autocast the network's own logits carry 8-bit (bf16) mantissas: 2^-8 = 3.9e-3
+#: per product, accumulated; 3e-2 of the sum of |terms| is what such a pass may miss by.
+REL_TOL_AUTOCAST = 3e-2
+#: Absolute floor, for logits whose terms nearly all vanish (a dead feature map).
+ABS_TOL = 1e-5
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -62,141 +67,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-# ----------------------------------------------------------------------------------------------
-# Adapters: where F and the head live in each model family.
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """Where a model keeps its GAP structure.
-
-    ``site`` is the dotted name of the module whose output is F (before ``post``); ``head`` the
-    dotted name of the final ``nn.Linear``; ``post`` an elementwise function the model applies to
-    F before pooling (DenseNet's ReLU); ``norm`` the dotted name of a LayerNorm applied to the
-    pooled vector (ConvNeXt), folded per image into F and into the head.
-    """
-
-    site: str
-    head: str
-    post: Callable[[Tensor], Tensor] | None = None
-    norm: str | None = None
-    pool: str = "avg"
-
-
-AdapterFn = Callable[[nn.Module], Adapter]
-_ADAPTERS: dict[type, AdapterFn] = {}
-
-
-def register_adapter(cls: type, fn: AdapterFn) -> None:
-    """Teach :meth:`GapNet.from_model` a model family: ``fn(model) -> Adapter``.
-
-    Example:
-        >>> class Tiny(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.body, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
-        ...     def forward(self, x):
-        ...         return self.fc(self.body(x).mean((2, 3)))
-        >>> register_adapter(Tiny, lambda m: Adapter(site="body", head="fc"))
-        >>> GapNet.from_model(Tiny(), device="cpu").head_weight.shape
-        torch.Size([2, 4])
-    """
-    _ADAPTERS[cls] = fn
-
-
-def _linear_at(model: nn.Module, name: str, family: str, advice: str) -> nn.Linear:
-    mod = model.get_submodule(name)
-    if not isinstance(mod, nn.Linear):
-        raise NotAGapNetwork(
-            f"{family}: `{name}` is {type(mod).__name__}, not a single nn.Linear, so the class "
-            f"score is not a linear function of the pooled features and no map is exact. {advice}"
-        )
-    return mod
-
-
-_HEAD_ADVICE = (
-    "Replace it by one nn.Linear (and retrain it on frozen features), or wrap the network "
-    "yourself with GapNet(features, head)."
-)
-
-
-def _install_torchvision_adapters() -> None:
-    from torchvision import models as tvm
-
-    def simple(site: str, head: str, **kw: Any) -> AdapterFn:
-        def fn(model: nn.Module) -> Adapter:
-            _linear_at(model, head, type(model).__name__, _HEAD_ADVICE)
-            return Adapter(site=site, head=head, **kw)
-
-        return fn
-
-    register_adapter(tvm.ResNet, simple("layer4", "fc"))
-    register_adapter(tvm.DenseNet, simple("features", "classifier", post=F.relu))
-    register_adapter(tvm.GoogLeNet, simple("inception5b", "fc"))
-    register_adapter(tvm.Inception3, simple("Mixed_7c", "fc"))
-    register_adapter(tvm.MobileNetV2, simple("features", "classifier.1"))
-    register_adapter(tvm.EfficientNet, simple("features", "classifier.1"))
-    register_adapter(tvm.RegNet, simple("trunk_output", "fc"))
-    register_adapter(tvm.ShuffleNetV2, simple("conv5", "fc"))
-    register_adapter(tvm.MNASNet, simple("layers", "classifier.1"))
-    register_adapter(tvm.ConvNeXt, simple("features", "classifier.2", norm="classifier.0"))
-
-    def refuse(reason: str) -> AdapterFn:
-        def fn(model: nn.Module) -> Adapter:
-            raise NotAGapNetwork(f"{type(model).__name__}: {reason}")
-
-        return fn
-
-    register_adapter(
-        tvm.MobileNetV3,
-        refuse(
-            "`classifier` is Linear -> Hardswish -> Dropout -> Linear: the non-linearity between "
-            "the two layers makes the class score non-linear in the pooled features, so no map "
-            "is exact. Fit one nn.Linear on the pooled `features` output (camviz's generic "
-            "localization recipe) or use MobileNetV2 / EfficientNet, which end in one Linear."
-        ),
-    )
-    fc_stack = (
-        "`classifier` is a stack of fully connected layers over the flattened {} feature map, "
-        "not global pooling followed by one linear layer. Convert it to a GAP network "
-        "(keep `features`, add a conv layer, global average pooling and one nn.Linear, then "
-        "fine-tune), as in the CAM paper's VGGnet-GAP / AlexNet-GAP."
-    )
-    register_adapter(tvm.VGG, refuse(fc_stack.format("7x7")))
-    register_adapter(tvm.AlexNet, refuse(fc_stack.format("6x6")))
-    register_adapter(
-        tvm.SqueezeNet,
-        refuse(
-            "`classifier.2` (ReLU) is applied to the class maps before `classifier.3` "
-            "(average pooling), so pooling is not linear in the maps and the mean of a map is "
-            "not the logit. Use the maps of `classifier.1` only with care, or use a network "
-            "that pools before its linear classifier."
-        ),
-    )
-
-
-def _adapter_for(model: nn.Module) -> AdapterFn:
-    if not _TV_INSTALLED:
-        _install_torchvision_adapters()
-        _TV_INSTALLED.append(True)
-    for klass in type(model).__mro__:
-        if klass in _ADAPTERS:
-            return _ADAPTERS[klass]
-    raise NotAGapNetwork(
-        f"no adapter for {type(model).__name__}: camviz knows "
-        f"{sorted(k.__name__ for k in _ADAPTERS)}. Wrap it as "
-        "GapNet(features, head, pool='avg') with `features` giving the last conv map and "
-        "`head` the final nn.Linear, or teach camviz the family with register_adapter()."
-    )
-
-
-_TV_INSTALLED: list[bool] = []
-
-# ----------------------------------------------------------------------------------------------
-
-
 class _Composed(nn.Module):
-    """features -> global pooling -> head, for :class:`GapNet`'s plain constructor."""
+    """features -> global pooling -> head, for ``GapNet(features, head, pool)``."""
 
     def __init__(self, features: nn.Module, head: nn.Module, pool: str) -> None:
         super().__init__()
@@ -206,20 +78,16 @@ class _Composed(nn.Module):
         return self.head(global_pool(self.features(x), self.pool))
 
 
-def global_pool(f: Tensor, kind: str) -> Tensor:
-    """Global average ("avg") or max ("max") pooling of (B, K, h, w) features to (B, K).
+def tolerance(pooled: Tensor, weight: Tensor, bias: Tensor, rel: float) -> Tensor:
+    """How far ``pooled @ weight.T + bias`` may lie from the logits: ``rel`` times the sum of
+    |terms| (a dot product's float error scales with it, not with the result) plus ABS_TOL.
 
     Example:
-        >>> global_pool(torch.tensor([[[[1.0, 3.0]]]]), "max").tolist()
-        [[3.0]]
+        >>> round(float(tolerance(torch.ones(1, 2), torch.ones(1, 2), torch.zeros(1), 0.5)), 5)
+        1.00001
     """
-    return f.amax(dim=(2, 3)) if kind == "max" else f.mean(dim=(2, 3))
-
-
-def _tolerance(pooled: Tensor, weight: Tensor, bias: Tensor, rel: float) -> Tensor:
-    # Float error of a dot product scales with the sum of |terms|, not with the result.
     scale = pooled.abs() @ weight.abs().T + bias.abs()
-    return rel * scale + 1e-5
+    return rel * scale + ABS_TOL
 
 
 def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
@@ -240,9 +108,15 @@ def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
 class GapNet:
     """A GAP network: conv features, global pooling, one linear head.
 
-    Use :meth:`from_model` for torchvision families (or any family taught with
-    :func:`register_adapter`), or ``GapNet(features, head, pool)`` for a model given as parts.
-    The model is put in eval mode and moved to ``device``.
+    Two ways to build one, through this one constructor:
+
+    * ``GapNet(features, head, pool="avg")``: a model given as parts (any module giving
+      (B, K, h, w) features, and an ``nn.Linear``).
+    * ``GapNet(model, adapter=Adapter(...))``: a whole model, with the adapter naming where
+      its features and head are. :meth:`from_model` finds the adapter of a known family.
+
+    The model goes to ``device``; each pass runs it in eval mode (and puts the caller's mode
+    back), so its parameters, buffers and mode are never changed by camviz.
 
     Example:
         >>> feats = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
@@ -254,28 +128,36 @@ class GapNet:
     def __init__(
         self,
         features: nn.Module,
-        head: nn.Module,
+        head: nn.Module | None = None,
         pool: str = "avg",
         classes: Sequence[str] | None = None,
         transform: Preprocess | None = None,
         device: str | torch.device = "auto",
         check: bool = True,
         probe_size: int | tuple[int, int] | None = None,
+        *,
+        adapter: Adapter | None = None,
     ) -> None:
-        if pool not in ("avg", "max"):
-            raise CamvizError(f"pool must be 'avg' or 'max', got {pool!r}")
-        if not isinstance(head, nn.Linear):
-            raise NotAGapNetwork(f"head is {type(head).__name__}, not nn.Linear: {_HEAD_ADVICE}")
-        model = _Composed(features, head, pool)
-        self._setup(
-            model,
-            Adapter(site="features", head="head", pool=pool),
-            classes,
-            transform,
-            device,
-            check,
-            probe_size,
-        )
+        if adapter is None:
+            model, adapter = _from_parts(features, head, pool)
+        elif head is not None:
+            raise CamvizError("with adapter=, give the whole model and no head: "
+                              "GapNet(model, adapter=adapter)")
+        else:
+            model = features
+        if adapter.pool not in POOLS:
+            raise CamvizError(f"pool must be one of {POOLS}, got {adapter.pool!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.adapter = adapter
+        self.transform = transform
+        self._site = model.get_submodule(adapter.site)
+        self._head = linear_at(model, adapter.head, type(model).__name__)
+        self._norm = model.get_submodule(adapter.norm) if adapter.norm else None
+        self.classes: list[str] = _class_names(classes, self._head.out_features)
+        self.stride: int | None = None
+        if check:
+            self._probe(probe_size)
 
     @classmethod
     def from_model(
@@ -298,40 +180,13 @@ class GapNet:
             ...
             camviz.errors.NotAGapNetwork: VGG: `classifier` is a stack of fully connected ...
         """
-        adapter = _adapter_for(model)(model)
-        self = cls.__new__(cls)
-        self._setup(model, adapter, classes, transform, device, check, probe_size)
-        return self
+        return cls(model, classes=classes, transform=transform, device=device, check=check,
+                   probe_size=probe_size, adapter=adapter_for(model))
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def _setup(
-        self,
-        model: nn.Module,
-        adapter: Adapter,
-        classes: Sequence[str] | None,
-        transform: Preprocess | None,
-        device: str | torch.device,
-        check: bool,
-        probe_size: int | tuple[int, int] | None,
-    ) -> None:
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
-        self.adapter = adapter
-        self.pool = adapter.pool
-        self.transform = transform
-        self._site = model.get_submodule(adapter.site)
-        self._head = _linear_at(model, adapter.head, type(model).__name__, _HEAD_ADVICE)
-        self._norm = model.get_submodule(adapter.norm) if adapter.norm else None
-        n = self._head.out_features
-        if classes is None:
-            classes = [f"class {i}" for i in range(n)]
-        classes = [str(c) for c in classes]
-        if len(classes) != n:
-            raise CamvizError(f"{len(classes)} class names given for a head of {n} classes")
-        self.classes: list[str] = classes
-        self.stride: int | None = None
-        if check:
-            self._probe(probe_size)
+    @property
+    def pool(self) -> str:
+        """The global pooling: "avg" (GAP) or "max" (GMP)."""
+        return self.adapter.pool
 
     def _probe(self, probe_size: int | tuple[int, int] | None) -> None:
         if probe_size is None:
@@ -341,21 +196,20 @@ class GapNet:
             probe_size = (probe_size, probe_size)
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, *probe_size, generator=gen).to(self.device)
-        name = type(self.model).__name__
         try:
             with torch.inference_mode():
                 feats, *_ = self._forward(x, check=True)
-            # the network's stride: an input smaller than one cell has no spatial map
-            self.stride = max(
-                1, min(probe_size[0] // feats.shape[-2], probe_size[1] // feats.shape[-1])
-            )
         except NotExact as err:
             raise NotAGapNetwork(
-                f"{name}: head(pool(features(x))) differs from model(x) on a probe batch "
-                f"({err}). Something between `{self.adapter.site}` and `{self.adapter.head}` "
-                "is not global pooling followed by the linear head (was the model's forward "
-                "changed?). Wrap the right parts with GapNet(features, head)."
+                f"{type(self.model).__name__}: head(pool(features(x))) differs from model(x) "
+                f"on a probe batch ({err}). Something between `{self.adapter.site}` and "
+                f"`{self.adapter.head}` is not global pooling followed by the linear head (was "
+                "the model's forward changed?). Wrap the right parts with GapNet(features, head)."
             ) from None
+        # the network's stride: an input smaller than one cell has no spatial map
+        self.stride = max(
+            1, min(probe_size[0] // feats.shape[-2], probe_size[1] // feats.shape[-1])
+        )
 
     # -- the effective head ----------------------------------------------------------------------
 
@@ -382,19 +236,22 @@ class GapNet:
 
     @property
     def num_classes(self) -> int:
+        """C, the number of classes of the head."""
         return self._head.out_features
 
     @property
     def num_units(self) -> int:
+        """K, the number of units (channels of F) the head reads."""
         return self._head.in_features
 
     # -- the pass ----------------------------------------------------------------------------------
 
-    def _features_of(self, raw: Tensor) -> Tensor:
+    def _features_of(self, raw: Any) -> Tensor:
         if not isinstance(raw, Tensor) or raw.ndim != 4:
             shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
             raise NotAGapNetwork(
-                f"`{self.adapter.site}` gave {shape}, not a (B, K, h, w) conv feature map"
+                f"`{self.adapter.site}` gave {shape}, not a (B, K, h, w) conv feature map; "
+                "give GapNet the module whose output is the last conv map"
             )
         f = raw.float()
         if self.adapter.post is not None:
@@ -413,23 +270,8 @@ class GapNet:
         self, x: Tensor, check: bool = True, autocast: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Features, logits and the effective head (W, b) the pass was checked against."""
-        with capture(self._site) as cap:
-            try:
-                if autocast is not None:
-                    with torch.autocast(device_type=self.device.type, dtype=autocast):
-                        out = self.model(x)
-                else:
-                    out = self.model(x)
-            except RuntimeError as err:
-                if min(x.shape[-2:]) < 64 and any(
-                    s in str(err) for s in ("too small", "Output size", "non-positive", "size")
-                ):
-                    raise ImageError(
-                        f"input of {x.shape[-2]}x{x.shape[-1]} pixels is too small for "
-                        f"{type(self.model).__name__}: its feature map would be empty. Resize "
-                        "the image (a transform with a resize does this)."
-                    ) from err
-                raise
+        with eval_mode(self.model), capture(self._site) as cap:
+            out = _call(self.model, x, autocast)
         if cap.calls == 0:
             raise NotAGapNetwork(
                 f"`{self.adapter.site}` was not called by {type(self.model).__name__}.forward"
@@ -442,19 +284,7 @@ class GapNet:
         pooled = global_pool(feats, self.pool)
         recon = pooled @ w.T + b
         if check:
-            rel = 1e-4
-            if autocast is not None:
-                rel = 3e-2
-            elif self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-                rel = 5e-3
-            err = (recon - out).abs()
-            tol = _tolerance(pooled, w, b, rel)
-            if not bool((err <= tol).all()):
-                worst = float((err - tol).amax())
-                raise NotExact(
-                    f"pooled features through the head miss the logits by up to "
-                    f"{float(err.amax()):.3g} (over tolerance by {worst:.3g})"
-                )
+            check_exact(recon, out, pooled, w, b, _rel_tolerance(self.device, autocast))
         logits = recon if autocast is not None else out
         return feats, logits, w, b
 
@@ -467,28 +297,9 @@ class GapNet:
             >>> net.prepare(torch.zeros(3, 8, 8)).shape
             torch.Size([1, 3, 8, 8])
         """
-        if isinstance(images, Tensor):
-            x = images[None] if images.ndim == 3 else images
-            if x.ndim != 4 or x.shape[1] != 3:
-                raise ImageError(
-                    f"expected a (B, 3, H, W) or (3, H, W) tensor, got {tuple(x.shape)}"
-                )
-            return x.to(self.device, torch.float32)
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise ImageError("no images given")
-        prep = self.transform or Preprocess()
-        tensors = [prep(img) for img in images]
-        sizes = {tuple(t.shape[-2:]) for t in tensors}
-        if len(sizes) > 1:
-            raise ImageError(
-                f"images of different sizes {sorted(sizes)} cannot form one batch: give the "
-                "network a transform with a crop or exact resize, or run them one by one"
-            )
-        return torch.stack(tensors).to(self.device)
+        return to_batch(images, self.transform).to(self.device)
 
-    def run(self, images: Any, autocast: str | torch.dtype | None = None) -> Any:
+    def run(self, images: Any, autocast: str | torch.dtype | None = None) -> CamResult:
         """One forward pass under inference mode; returns a :class:`camviz.result.CamResult`.
 
         ``images`` is a normalised tensor (B, 3, H, W), or a list of file paths, PIL images or
@@ -501,8 +312,6 @@ class GapNet:
             >>> net.run(torch.rand(2, 3, 8, 8)).logits.shape
             torch.Size([2, 5])
         """
-        from camviz.result import CamResult  # result sits below gapnet in the data flow
-
         x = self.prepare(images)
         if self.stride is not None and min(x.shape[-2:]) < self.stride:
             raise ImageError(
@@ -533,110 +342,75 @@ class GapNet:
         )
 
 
-# ----------------------------------------------------------------------------------------------
-# Models by name.
-
-ModelLoader = Callable[..., GapNet]
-_MODELS: dict[str, ModelLoader] = {}
-
-
-def register_model(name: str, loader: ModelLoader) -> None:
-    """Make ``load_model(name, weights=..., device=...)`` call ``loader(weights, device)``.
-
-    Example:
-        >>> register_model("tiny", lambda weights, device: GapNet(
-        ...     nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device=device))
-        >>> load_model("tiny", device="cpu").num_classes
-        2
-    """
-    _MODELS[name] = loader
+def _rel_tolerance(device: torch.device, autocast: torch.dtype | None) -> float:
+    if autocast is not None:
+        return REL_TOL_AUTOCAST
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return REL_TOL_TF32
+    return REL_TOL
 
 
-def _checkpoint_path(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-def _fetch_verified(weights: Any) -> None:
-    """Make sure the weights file is in torch's cache and holds only tensors (weights_only)."""
-    path = _checkpoint_path(weights.url)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        match = torch.hub.HASH_REGEX.search(path.name)
-        try:
-            torch.hub.download_url_to_file(
-                weights.url,
-                str(path),
-                hash_prefix=match.group(1) if match else None,
-                progress=True,
-            )
-        except (URLError, OSError, RuntimeError) as err:
-            raise WeightsUnavailable(
-                f"could not download {weights} ({err}). Offline? Put {path.name} in "
-                f"{path.parent} (torch's hub cache, $TORCH_HOME), or use weights=None for "
-                "random weights, or load_model('demo') for the bundled demo network."
-            ) from err
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsUnavailable(
-            f"{path} is not a plain tensor state dict that loads with weights_only=True "
-            f"({err}); delete it and try again"
-        ) from err
-
-
-def load_model(
-    name: str,
-    weights: str | Any | None = "DEFAULT",
-    device: str | torch.device = "auto",
-    **kwargs: Any,
-) -> GapNet:
-    """A model by name, wrapped, with its preprocessing and category names.
-
-    ``name`` is a registered camviz model ("demo", "demo-gmp") or a torchvision classification
-    model ("resnet50", ...). ``weights`` is "DEFAULT", a weights name ("IMAGENET1K_V2"), a
-    torchvision weights enum member, or None for random weights (transform and names still come
-    from the default weights' metadata). Offline with no cached weights raises
-    :class:`WeightsUnavailable`.
+def check_exact(recon: Tensor, out: Tensor, pooled: Tensor, w: Tensor, b: Tensor,
+                rel: float = REL_TOL) -> None:
+    """Raise :class:`NotExact` unless ``recon = pooled @ w.T + b`` equals the network's logits
+    ``out`` within :func:`tolerance` (or the logits are not finite).
 
     Example:
-        >>> net = load_model("resnet18", weights=None, device="cpu")
-        >>> net.classes[:2], net.transform.crop
-        (['tench', 'goldfish'], (224, 224))
+        >>> p, w, b = torch.ones(1, 2), torch.ones(3, 2), torch.zeros(3)
+        >>> check_exact(p @ w.T + b, torch.full((1, 3), 2.0), p, w, b)
+        >>> check_exact(p @ w.T + b, torch.full((1, 3), 2.5), p, w, b)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.NotExact: pooled features through the head miss the logits by up to 0.5 ...
     """
-    if name in _MODELS:
-        return _MODELS[name](weights=weights, device=device, **kwargs)
-    import torchvision.models as tvm
-
-    known = set(tvm.list_models(module=tvm))
-    if name not in known:
-        close = difflib.get_close_matches(name, sorted(known | set(_MODELS)), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModel(
-            f"unknown model {name!r}.{hint} Use a torchvision classification model name "
-            f"(torchvision.models.list_models()) or one of {sorted(_MODELS)}."
+    if not bool(torch.isfinite(out).all()):
+        raise NotExact(
+            "the network's logits are not finite (NaN or infinity): check the input for NaN "
+            "or infinite values and the weights for overflow"
         )
-    enum = tvm.get_model_weights(name)
-    if weights is None:
-        meta_w, chosen = enum.DEFAULT, None
-    elif isinstance(weights, str):
-        try:
-            chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
-        except KeyError:
-            raise WeightsUnavailable(
-                f"{name} has no weights {weights!r}; choose from {[w.name for w in enum]}"
-            ) from None
-        meta_w = chosen
-    else:
-        meta_w = chosen = weights
-    if chosen is not None:
-        _fetch_verified(chosen)
-    model = tvm.get_model(name, weights=chosen, **kwargs)
-    categories = meta_w.meta.get("categories")
-    n_out = model.get_submodule(_head_name(model)).out_features
-    classes = categories if categories and len(categories) == n_out else None
-    transform = Preprocess.from_torchvision(meta_w.transforms())
-    return GapNet.from_model(model, classes=classes, transform=transform, device=device)
+    err = (recon - out).abs()
+    tol = tolerance(pooled, w, b, rel)
+    if not bool((err <= tol).all()):
+        worst = float((err - tol).amax())
+        raise NotExact(
+            f"pooled features through the head miss the logits by up to "
+            f"{float(err.amax()):.3g} (over tolerance by {worst:.3g})"
+        )
 
 
-def _head_name(model: nn.Module) -> str:
-    return _adapter_for(model)(model).head
+def _call(model: nn.Module, x: Tensor, autocast: torch.dtype | None) -> Any:
+    """``model(x)`` (under autocast); an input too small for the network is an ImageError."""
+    try:
+        if autocast is not None:
+            with torch.autocast(device_type=x.device.type, dtype=autocast):
+                return model(x)
+        return model(x)
+    except RuntimeError as err:
+        if min(x.shape[-2:]) < 64 and any(
+            s in str(err) for s in ("too small", "Output size", "non-positive", "size")
+        ):
+            raise ImageError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} pixels is too small for "
+                f"{type(model).__name__}: its feature map would be empty. Resize "
+                "the image (a transform with a resize does this)."
+            ) from err
+        raise
+
+
+def _from_parts(
+    features: nn.Module, head: nn.Module | None, pool: str
+) -> tuple[nn.Module, Adapter]:
+    if head is None:
+        raise CamvizError("give GapNet(features, head) or GapNet(model, adapter=...)")
+    if pool not in POOLS:
+        raise CamvizError(f"pool must be one of {POOLS}, got {pool!r}")
+    if not isinstance(head, nn.Linear):
+        raise NotAGapNetwork(f"head is {type(head).__name__}, not nn.Linear: {HEAD_ADVICE}")
+    return _Composed(features, head, pool), Adapter(site="features", head="head", pool=pool)
+
+
+def _class_names(classes: Sequence[str] | None, n: int) -> list[str]:
+    names = [f"class {i}" for i in range(n)] if classes is None else [str(c) for c in classes]
+    if len(names) != n:
+        raise CamvizError(f"{len(names)} class names given for a head of {n} classes")
+    return names

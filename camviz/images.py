@@ -213,9 +213,18 @@ class Preprocess:
         """Turn one image-like into a normalised float tensor (3, H, W)."""
         arr = to_array(img)
         x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255.0)
-        x = self.geometry(x)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        return self.pixels(x)
+
+    def pixels(self, x01: torch.Tensor) -> torch.Tensor:
+        """Resize, crop and normalise a float (3, H, W) image with values in [0, 1].
+
+        Example:
+            >>> Preprocess(mean=(0, 0, 0), std=(2, 2, 2)).pixels(torch.ones(3, 2, 2))[0, 0, 0]
+            tensor(0.5000)
+        """
+        x = self.geometry(x01)
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         return (x - mean) / std
 
     def geometry(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,3 +264,55 @@ class Preprocess:
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         pix = (x.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
         return pix.movedim(-3, -1).cpu().numpy()
+
+
+def to_batch(images: Any, transform: Preprocess | None = None) -> torch.Tensor:
+    """Images as one normalised float32 batch (B, 3, H, W).
+
+    ``images``: a float tensor (B, 3, H, W) or (3, H, W), already normalised (kept on its
+    device); a uint8 tensor of pixels 0..255 (resized, cropped and normalised by
+    ``transform``); or a list of file paths, PIL images or arrays (preprocessed by
+    ``transform``, default :class:`Preprocess`). Other dtypes, NaN or infinity, and images of
+    different sizes raise :class:`ImageError` saying what to do.
+
+    Example:
+        >>> to_batch(torch.full((3, 2, 2), 255, dtype=torch.uint8),
+        ...          Preprocess(mean=(0, 0, 0), std=(1, 1, 1))).flatten().tolist()[:2]
+        [1.0, 1.0]
+    """
+    if isinstance(images, torch.Tensor):
+        return _tensor_batch(images, transform)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise ImageError("no images given")
+    prep = transform or Preprocess()
+    return _stack([prep(img) for img in images])
+
+
+def _tensor_batch(x: torch.Tensor, transform: Preprocess | None) -> torch.Tensor:
+    x = x[None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ImageError(f"expected a (B, 3, H, W) or (3, H, W) tensor, got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:  # pixels, as a PIL image would give them
+        prep = transform or Preprocess()
+        return _stack([prep.pixels(img.float() / 255.0) for img in x])
+    if not x.is_floating_point():
+        raise ImageError(
+            f"a {x.dtype} tensor is not an image batch: give a float tensor normalised like the "
+            "network's transform, uint8 pixels (0..255), or PIL images / paths"
+        )
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ImageError("the input tensor contains NaN or infinity; replace those values first")
+    return x
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    sizes = {tuple(t.shape[-2:]) for t in tensors}
+    if len(sizes) > 1:
+        raise ImageError(
+            f"images of different sizes {sorted(sizes)} cannot form one batch: give the "
+            "network a transform with a crop or exact resize, or run them one by one"
+        )
+    return torch.stack(tensors)

@@ -34,6 +34,7 @@ from scipy import ndimage
 from skimage.measure import label as _sk_label
 
 from camviz.errors import CamvizError
+from camviz.maps import min_max_np
 
 __all__ = [
     "InvalidMap",
@@ -165,15 +166,6 @@ def boxes(cam: Array, threshold: float = PAPER_THRESHOLD, mode: str = "largest")
     return [torch.from_numpy(r).to(dev) for r in res] if is_t else res
 
 
-def _min_max_np(cam: np.ndarray) -> np.ndarray:
-    cam = cam.astype(np.float64)
-    lo, hi = cam.min(axis=(-2, -1), keepdims=True), cam.max(axis=(-2, -1), keepdims=True)
-    bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (hi == lo)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (cam - lo) / np.where(bad, 1.0, hi - lo)
-    return np.where(bad, 0.0, out)
-
-
 def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     """The CAM paper's box: min-max normalise, keep pixels above 20% of the maximum, box the
     largest 8-connected region (most pixels). Inclusive ``(x0, y0, x1, y1)``.
@@ -193,7 +185,7 @@ def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     if arr.ndim < 2:
         raise InvalidMap(f"paper_box() takes (..., H, W) maps; got shape {arr.shape}")
     lead = arr.shape[:-2]
-    maps = _min_max_np(arr.reshape(-1, *arr.shape[-2:]))
+    maps = min_max_np(arr.reshape(-1, *arr.shape[-2:]))
     out = np.zeros((maps.shape[0], 4), dtype=np.int64)
     for i, m in enumerate(maps):
         b = _boxes_2d(m > threshold * m.max(), "largest")

@@ -7,9 +7,9 @@ threshold or a unit never runs the network again.
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from camviz.gapnet import GapNet
-    >>> net = GapNet(nn.Conv2d(3, 6, 1), nn.Linear(6, 4), device="cpu")
-    >>> res = net.run(torch.rand(2, 3, 8, 8))
+    >>> res = CamResult(logits=torch.zeros(2, 4), features=torch.rand(2, 6, 8, 8),
+    ...                 weight=torch.rand(4, 6), bias=torch.zeros(4), pool="avg",
+    ...                 classes=list("abcd"))
     >>> res.cams([0, 2], size=16, normalize=True).shape
     torch.Size([2, 2, 16, 16])
 """
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from camviz.errors import CamvizError
-from camviz.gapnet import global_pool
 from camviz.images import Preprocess
+from camviz.maps import global_pool, min_max
 
 Tensor = torch.Tensor
 ClassSpec = int | Sequence[int] | Tensor | None
@@ -66,25 +66,6 @@ class Units:
     def logit(self) -> Tensor:
         """The class logit per image (B,): total + bias."""
         return self.total + self.bias
-
-
-def min_max(maps: Tensor) -> Tensor:
-    """Min-max normalise each (h, w) map of a (..., h, w) tensor to [0, 1].
-
-    A constant map, or one containing NaN, becomes all zeros (the WSOL reference's rule).
-
-    Example:
-        >>> min_max(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
-        [[[0.0, 1.0]], [[0.0, 0.0]]]
-    """
-    flat = maps.flatten(-2)
-    lo = flat.amin(-1, keepdim=True)
-    hi = flat.amax(-1, keepdim=True)
-    span = hi - lo
-    bad = (span <= 0) | torch.isnan(flat).any(-1, keepdim=True) | ~torch.isfinite(span)
-    out = (flat - lo) / torch.where(bad, torch.ones_like(span), span)
-    out = torch.where(bad, torch.zeros_like(out), out)
-    return out.view_as(maps)
 
 
 @dataclass

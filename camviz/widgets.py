@@ -54,8 +54,9 @@ from camviz.export import compose_view, save_image, write_figure
 from camviz.localize import PAPER_THRESHOLD
 from camviz.localize import boxes as _boxes
 from camviz.localize import mask as _mask
+from camviz.maps import min_max
 from camviz.render import COLORMAPS, colormap_lut, outline, overlay
-from camviz.result import CamResult, Units, min_max
+from camviz.result import CamResult, Units
 
 __all__ = ["Browser", "browse", "box_path", "colorscale", "display_map", "mask_outline"]
 
@@ -789,7 +790,7 @@ class Browser(W.VBox):
             self.unit_gallery.layout.display = "none"
             return
         if unit not in self._galleries:
-            from camviz.units import unit_gallery
+            from camviz.galleries import unit_gallery
 
             level = self.level
             kw = {} if level is None else {"level": level}
@@ -882,7 +883,7 @@ def browse(net: Any, images: Any, stats: Any = None, **kwargs: Any) -> Browser:
         >>> camviz.browse("demo", ["a.png", "b.png"])  # doctest: +SKIP
     """
     if isinstance(net, str):
-        from camviz.gapnet import load_model
+        from camviz.models import load_model
 
         net = load_model(net)
     return Browser(net, images, stats, **kwargs)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import os
 from pathlib import Path
 
@@ -34,13 +32,6 @@ def _write(d: Path, **files: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (d / f"{name}.txt").write_text(text)
-
-
-@pytest.mark.parametrize("name", ["localize", "metrics", "datasets"])
-def test_docstring_examples(name):
-    mod = importlib.import_module(f"camviz.{name}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---------------------------------------------------------------- paths

@@ -1,4 +1,4 @@
-"""``camviz eval`` and camviz.cli_eval.evaluate: scores, failures, specs, JSON; boxes in run."""
+"""``camviz eval`` and camviz.evaluate.evaluate: scores, failures, specs, JSON; boxes in run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from camviz.cli import build_parser, main
-from camviz.cli_eval import eval_transform, evaluate, gt_maps, resolve_eval_data
 from camviz.datasets import WsolDataset, WsolMetadata
+from camviz.datasets import resolve_metadata as resolve_eval_data
 from camviz.errors import DatasetError
+from camviz.evaluate import eval_transform, evaluate, gt_maps
 from camviz.metrics import BoxAccuracy, PixelAP
 
 
@@ -123,9 +124,9 @@ def test_resolve_eval_data_specs(tmp_path):
 
 
 def test_cli_eval_json(tmp_path, capsys, monkeypatch, tiny_net):
-    import camviz.gapnet
+    import camviz
 
-    monkeypatch.setattr(camviz.gapnet, "load_model", lambda *a, **k: tiny_net)
+    camviz.register_model("tiny", lambda weights, device: tiny_net, replace=True)
     root = _split(tmp_path / "s")
     assert build_parser().parse_args(["eval", "--data", str(root)]).command == "eval"
     code = main(["eval", "--model", "tiny", "--data", str(root), "--json", "--no-progress"])
@@ -138,7 +139,7 @@ def test_cli_eval_json(tmp_path, capsys, monkeypatch, tiny_net):
 
 
 def test_camviz_run_records_boxes(tiny_net, tmp_path):
-    from camviz.cli import RESULTS, run_images
+    from camviz.runner import RESULTS, run_images
 
     img = tmp_path / "in" / "a.png"
     img.parent.mkdir()

@@ -29,7 +29,8 @@ The box is the bounding box of the object mask; every part mask lies inside the 
 distractor masks lie outside the object's box.
 
 Models: ``camviz.load_model("demo")`` (global average pooling) and ``"demo-gmp"`` (global max
-pooling, same architecture and training), both with class names and preprocessing.
+pooling, same architecture and training), both with class names and preprocessing. They are
+registered lazily in :mod:`camviz.registry` (this package is imported when one is loaded).
 
 Example:
     >>> import camviz
@@ -43,7 +44,6 @@ from __future__ import annotations
 from camviz.demo.groundtruth import cache_dir, ensure_split, write_demo_images, write_split
 from camviz.demo.net import DemoModel, demo_transform, load_demo, training_info
 from camviz.demo.world import CLASSES, IMAGE_SIZE, PARTS, Sample, render_sample
-from camviz.gapnet import register_model
 
 __all__ = [
     "CLASSES",
@@ -61,12 +61,3 @@ __all__ = [
     "write_split",
 ]
 
-
-def _register() -> None:
-    from camviz.demo.net import load_demo_gap, load_demo_gmp
-
-    register_model("demo", load_demo_gap)
-    register_model("demo-gmp", load_demo_gmp)
-
-
-_register()

@@ -27,67 +27,20 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from camviz.errors import DatasetError, UnsafePath
+from camviz.datasets.paths import parse_int, read_rows, safe_join
+from camviz.errors import DatasetError
 from camviz.images import load_image
 
-__all__ = [
-    "safe_join",
-    "scale_boxes",
-    "WsolRecord",
-    "WsolMetadata",
-    "WsolDataset",
-    "load_mask",
-    "collate",
-]
-
-
-def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
-    """``root / rel`` for a path read from metadata, refusing any path that escapes ``root``.
-
-    Refused (:class:`UnsafePath`): absolute paths, drive letters, ``..`` components, and paths
-    whose real location (symlinks followed) is outside the real ``root``.
-
-    Example:
-        >>> safe_join("/data/cub", "images/a.jpg").as_posix()
-        '/data/cub/images/a.jpg'
-        >>> try:
-        ...     safe_join("/data/cub", "../etc/passwd")
-        ... except UnsafePath as err:
-        ...     print(type(err).__name__)
-        UnsafePath
-    """
-    rootp = Path(root)
-    text = rel.strip()
-    if not text:
-        raise DatasetError(f"empty path in metadata under {rootp}")
-    pure = Path(text.replace("\\", "/"))
-    if pure.is_absolute() or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
-        raise UnsafePath(
-            f"metadata path {text!r} is absolute; paths must be relative to the root {rootp}"
-        )
-    if ".." in pure.parts:
-        raise UnsafePath(
-            f"metadata path {text!r} leaves its root {rootp}; remove '..' from the metadata"
-        )
-    joined = rootp / pure
-    real_root = rootp.resolve()
-    real = joined.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise UnsafePath(
-            f"metadata path {text!r} resolves to {real}, outside the root {real_root} "
-            "(a symlink leads out); copy the file under the root instead"
-        )
-    return joined
+__all__ = ["scale_boxes", "WsolRecord", "WsolMetadata", "WsolDataset", "load_mask"]
 
 
 def scale_boxes(boxes: Any, image_size: tuple[int, int], map_size: tuple[int, int]) -> np.ndarray:
@@ -140,21 +93,6 @@ class WsolRecord:
     ignore_path: Path | None = None
 
 
-def _read_lines(path: Path) -> list[list[str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err}") from err
-    return [line.strip().split(",") for line in text.splitlines() if line.strip()]
-
-
-def _int(text: str, where: str) -> int:
-    try:
-        return int(float(text))
-    except ValueError:
-        raise DatasetError(f"{where}: {text!r} is not a number; fix the metadata") from None
-
-
 class WsolMetadata:
     """The records of one wsolevaluation metadata folder (one split).
 
@@ -189,22 +127,22 @@ class WsolMetadata:
             )
         if not self.image_root.is_dir():
             raise DatasetError(f"image root {self.image_root} is not a folder")
-        ids = [row[0].strip() for row in _read_lines(ids_file)]
+        ids = [row[0].strip() for row in read_rows(ids_file)]
         labels: dict[str, int] = {}
         lab_file = self.metadata_dir / "class_labels.txt"
         if lab_file.is_file():
-            for row in _read_lines(lab_file):
+            for row in read_rows(lab_file):
                 if len(row) < 2:
                     raise DatasetError(f"{lab_file}: expected 'path,label', got {','.join(row)!r}")
-                labels[row[0].strip()] = _int(row[1], str(lab_file))
+                labels[row[0].strip()] = parse_int(row[1], str(lab_file))
         sizes: dict[str, tuple[int, int]] = {}
         size_file = self.metadata_dir / "image_sizes.txt"
         if size_file.is_file():
-            for row in _read_lines(size_file):
+            for row in read_rows(size_file):
                 if len(row) >= 3:
                     sizes[row[0].strip()] = (
-                        _int(row[1], str(size_file)),
-                        _int(row[2], str(size_file)),
+                        parse_int(row[1], str(size_file)),
+                        parse_int(row[2], str(size_file)),
                     )
         boxes: dict[str, list[list[int]]] = {}
         masks: dict[str, tuple[list[str], str]] = {}
@@ -241,11 +179,11 @@ class WsolMetadata:
     def _read_localization(
         f: Path, boxes: dict[str, list[list[int]]], masks: dict[str, tuple[list[str], str]]
     ) -> None:
-        for row in _read_lines(f):
+        for row in read_rows(f):
             key = row[0].strip()
             rest = [c.strip() for c in row[1:]]
             if len(rest) == 4 and all(_is_number(c) for c in rest):
-                boxes.setdefault(key, []).append([_int(c, str(f)) for c in rest])
+                boxes.setdefault(key, []).append([parse_int(c, str(f)) for c in rest])
             elif len(rest) in (1, 2) and rest[0] and not _is_number(rest[0]):
                 ign = rest[1] if len(rest) == 2 else ""
                 prev = masks.get(key, ([], ign))
@@ -261,14 +199,6 @@ class WsolMetadata:
 
     def __getitem__(self, i: int) -> WsolRecord:
         return self.records[i]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class WsolDataset(Dataset):
@@ -334,22 +264,9 @@ class WsolDataset(Dataset):
         return item
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch dataset items: tensors of equal shape are stacked, everything else kept as lists.
-
-    Example:
-        >>> out = collate([{"image": torch.zeros(3, 2, 2), "boxes": np.zeros((1, 4))},
-        ...                {"image": torch.ones(3, 2, 2), "boxes": np.zeros((2, 4))}])
-        >>> out["image"].shape, len(out["boxes"])
-        (torch.Size([2, 3, 2, 2]), 2)
-    """
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        vals = [it[key] for it in items]
-        if isinstance(vals[0], torch.Tensor) and all(v.shape == vals[0].shape for v in vals):
-            out[key] = torch.stack(vals)
-        elif key in ("label", "index"):
-            out[key] = torch.as_tensor(vals)
-        else:
-            out[key] = vals
-    return out
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,102 @@
+"""``camviz eval``: classification and WSOL localization scores of a network on a dataset.
+
+``camviz eval --model demo --data demo:test`` prints top-1/top-5 classification, the CAM
+paper's GT-known / top-1 / top-5 localization, MaxBoxAcc@30/50/70, MaxBoxAccV2, V1 and PxAP
+(see :func:`camviz.evaluate.evaluate`). Data: ``demo:SPLIT[:N]`` or
+``METADATA_DIR[:IMAGE_ROOT]`` (a wsolevaluation metadata folder).
+
+Example:
+    $ camviz eval --model demo --data demo:test:200
+    $ camviz eval --model resnet50 --data metadata/CUB/test:/data/CUB_200_2011/images --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from camviz.cli.common import data_arg, model_args, open_model, positive_int
+from camviz.datasets import resolve_metadata
+from camviz.evaluate import evaluate
+from camviz.localize import PAPER_THRESHOLD
+
+__all__ = ["register", "cmd_eval"]
+
+
+def _table(out: dict[str, Any], model: str, data: str) -> str:
+    lines = [f"camviz eval: {model} on {data}: {out['images']} images"]
+    if out["missing"]:
+        lines.append(f"  missing (left out): {len(out['missing'])}, e.g. {out['missing'][0]}")
+    if out["failed"]:
+        lines.append(f"  failed to load: {len(out['failed'])}, e.g. {out['failed'][0]}")
+    rows = [
+        ("top-1 cls", "top1_cls"),
+        ("top-5 cls", "top5_cls"),
+        (f"GT-known loc @{out.get('paper_threshold', PAPER_THRESHOLD):g}", "gt_known_loc"),
+        ("top-1 loc", "top1_loc"),
+        ("top-5 loc", "top5_loc"),
+        ("MaxBoxAcc@30", "MaxBoxAcc@30"),
+        ("MaxBoxAcc@50", "MaxBoxAcc@50"),
+        ("MaxBoxAcc@70", "MaxBoxAcc@70"),
+        ("MaxBoxAccV2", "MaxBoxAccV2"),
+        ("MaxBoxAcc (V1)", "MaxBoxAccV1"),
+        ("PxAP", "PxAP"),
+    ]
+    for name, key in rows:
+        if out.get(key) is not None:
+            lines.append(f"  {name:<18} {out[key]:6.2f}")
+    lines.append(f"  ({out['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def register(sub: Any) -> None:
+    """Add the ``eval`` subcommand to camviz's argument parser.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(); register(parser.add_subparsers())
+        >>> parser.parse_args(["eval", "--data", "demo:test"]).batch_size
+        32
+    """
+
+    p = sub.add_parser("eval", help="classification and WSOL localization scores on a dataset")
+    model_args(p)
+    data_arg(p, "METADATA_DIR[:IMAGE_ROOT]")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--cam-step", type=float, default=0.01, help="CAM threshold step")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=PAPER_THRESHOLD,
+        help="fixed threshold of the CAM paper's numbers",
+    )
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``camviz eval``: print the scores of ``--model`` on ``--data``."""
+    net = open_model(args)
+    meta = resolve_metadata(args.data)
+    out = evaluate(
+        net,
+        meta,
+        batch_size=args.batch_size,
+        cam_step=args.cam_step,
+        paper_threshold=args.threshold,
+        limit=args.limit,
+        progress=not args.no_progress,
+        num_workers=args.workers,
+    )
+    if not args.curves:
+        out.pop("curves", None)
+    if args.json:
+        out = {"model": args.model, "data": args.data, **out}
+        print(json.dumps(out, allow_nan=False))
+    else:
+        print(_table(out, args.model, args.data))
+    return 0 if out["images"] else 1

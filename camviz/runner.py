@@ -1,0 +1,225 @@
+"""The ``camviz run`` job: class maps of image files written into an output folder.
+
+For each image: overlays of its top-k class maps (PNG, plus one panel) and one JSON Lines record
+in ``OUT/results.jsonl``. A bad file is recorded as an error and skipped; a rerun skips finished
+images; nothing is written outside ``OUT``; every file is written atomically.
+
+Example:
+    >>> image_keys([Path("a/cat.jpg"), Path("b/cat.jpg")])
+    ['a__cat.jpg', 'b__cat.jpg']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from camviz.errors import ImageError
+from camviz.files import save_image
+from camviz.gapnet import GapNet
+from camviz.images import list_images, load_image
+from camviz.localize import paper_boxes
+from camviz.render import grid, overlay
+from camviz.result import CamResult
+
+__all__ = ["RESULTS", "image_keys", "run_images", "safe_name"]
+
+RESULTS = "results.jsonl"
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``._-``), at most ``limit`` long.
+
+    Example:
+        >>> safe_name("tiger cat / Egyptian cat")
+        'tiger_cat_Egyptian_cat'
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return (name or "x")[:limit]
+
+
+def image_keys(paths: Sequence[Path]) -> list[str]:
+    """Stable, unique, filesystem-safe names for input images, from their paths.
+
+    Example:
+        >>> image_keys([Path("a/cat.jpg"), Path("b/cat.jpg")])
+        ['a__cat.jpg', 'b__cat.jpg']
+    """
+    resolved = [p.resolve() for p in paths]
+    if not resolved:
+        return []
+    parents = [str(p.parent) for p in resolved]
+    root = os.path.commonpath(parents) if len(set(parents)) > 1 else parents[0]
+    keys: list[str] = []
+    seen: set[str] = set()
+    for p in resolved:
+        rel = os.path.relpath(p, root)
+        key = "__".join(safe_name(part, 80) for part in Path(rel).parts)
+        base, n = key, 1
+        while key in seen:
+            n += 1
+            key = f"{base}~{n}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def _done_keys(results: Path, retry_errors: bool) -> set[str]:
+    done: set[str] = set()
+    if not results.exists():
+        return done
+    for line in results.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash: that image is redone
+        if rec.get("status") == "ok" or (rec.get("status") == "error" and not retry_errors):
+            done.add(rec.get("key", ""))
+    return done
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def run_images(
+    net: GapNet,
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    topk: int = 5,
+    batch_size: int = 16,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    retry_errors: bool = False,
+    progress: bool = True,
+) -> dict[str, int]:
+    """The ``camviz run`` job as a function; returns counts of done, skipped and failed images.
+
+    Example:
+        >>> run_images(net, ["photos/"], "out/photos")  # doctest: +SKIP
+        {'done': 12, 'skipped': 0, 'failed': 1}
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = list_images(inputs)
+    keys = image_keys(paths)
+    results = out_dir / RESULTS
+    done = _done_keys(results, retry_errors)
+    todo = [(p, k) for p, k in zip(paths, keys) if k not in done]
+    counts = {"done": 0, "skipped": len(paths) - len(todo), "failed": 0}
+    bar = tqdm(total=len(todo), desc="camviz run", unit="img", disable=not progress)
+    with results.open("a", encoding="utf-8") as log:
+
+        def write(rec: dict[str, Any]) -> None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+        for chunk in _batches(todo, batch_size):
+            ok: list[tuple[Path, str, Image.Image]] = []
+            for p, key in chunk:
+                try:
+                    ok.append((p, key, load_image(p)))
+                except ImageError as err:
+                    write({"image": str(p), "key": key, "status": "error", "error": str(err)})
+                    counts["failed"] += 1
+                    bar.update(1)
+            if not ok:
+                continue
+            try:
+                res = net.run([img for _, _, img in ok])
+            except ImageError:
+                # One bad image should not sink the batch: retry them one by one.
+                parts = []
+                for p, key, img in ok:
+                    try:
+                        parts.append((p, key, net.run([img])))
+                    except ImageError as err:
+                        write({"image": str(p), "key": key, "status": "error", "error": str(err)})
+                        counts["failed"] += 1
+                        bar.update(1)
+                for p, key, r in parts:
+                    _write_one(r, 0, p, key, out_dir, topk, alpha, cmap, write)
+                    counts["done"] += 1
+                    bar.update(1)
+                continue
+            for i, (p, key, _) in enumerate(ok):
+                _write_one(res, i, p, key, out_dir, topk, alpha, cmap, write)
+                counts["done"] += 1
+                bar.update(1)
+    bar.close()
+    return counts
+
+
+def _write_one(
+    res: CamResult,
+    i: int,
+    path: Path,
+    key: str,
+    out_dir: Path,
+    topk: int,
+    alpha: float,
+    cmap: str,
+    write: Any,
+) -> None:
+    one = res.select(i)
+    top = one.topk(topk)
+    maps_t = one.cams(top.indices, size="input", normalize=True)  # (1, k, H, W)
+    maps = maps_t[0].cpu().numpy()
+    image = one.images()[0]
+    folder = out_dir / key
+    folder.mkdir(parents=True, exist_ok=True)
+    files, panels, labels = [], [], []
+    for rank, (c, name, prob) in enumerate(
+        zip(top.indices[0].tolist(), top.names[0], top.probs[0].tolist()), start=1
+    ):
+        ov = overlay(image, maps[rank - 1], alpha=alpha, cmap=cmap)
+        fname = f"top{rank}_{c}_{safe_name(name, 40)}.png"
+        save_image(Image.fromarray(ov), folder / fname)
+        files.append(f"{key}/{fname}")
+        panels.append(ov)
+        labels.append(f"{name} {prob:.2f}")
+    save_image(grid([image, *panels], ["input", *labels]), folder / "panel.png")
+    rec: dict[str, Any] = {
+        "image": str(path),
+        "key": key,
+        "status": "ok",
+        "input_size": list(one.input_size),
+        "top": [
+            {"class": c, "name": n, "prob": round(float(p), 6)}
+            for c, n, p in zip(top.indices[0].tolist(), top.names[0], top.probs[0].tolist())
+        ],
+        "overlays": files,
+        "panel": f"{key}/panel.png",
+        "boxes": paper_boxes(maps_t)[0].tolist(),  # the paper's box of each top class's map
+        "box_space": "network input pixels, inclusive x0 y0 x1 y1, one per top class",
+    }
+    write(rec)
+
+
+def run_demo(out: str | os.PathLike[str], n: int = 6, device: str = "auto",
+             progress: bool = True) -> list[tuple[str, Path]]:
+    """``make demo``'s job: the bundled demo network on ``n`` demo-world images, into ``out``.
+
+    Returns ``(what, folder)`` pairs, one per model run.
+
+    Example:
+        >>> run_demo("out/demo")  # doctest: +SKIP
+        [('the bundled demo network on demo-world images', PosixPath('out/demo/maps'))]
+    """
+    from camviz.demo import write_demo_images  # the demo world loads on use
+    from camviz.models import load_model
+
+    root = Path(out)
+    paths = write_demo_images(root / "inputs", n=n)
+    net = load_model("demo", device=device)
+    run_images(net, [str(p) for p in paths], root / "maps", topk=5, progress=progress)
+    return [("the bundled demo network on demo-world images", root / "maps")]

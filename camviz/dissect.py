@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from camviz.datasets import collate
 from camviz.errors import DatasetError
-from camviz.unitstats import UnitStats
 from camviz.units import class_units, threshold_masks
+from camviz.unitstats import UnitStats
 
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet

@@ -22,8 +22,8 @@ from camviz.datasets import collate
 from camviz.errors import CamvizError
 from camviz.render import dim_outside, grid, outline
 from camviz.result import CamResult
-from camviz.unitstats import UnitStats
 from camviz.units import class_index, class_units, unit_masks
+from camviz.unitstats import UnitStats
 
 if TYPE_CHECKING:
     from camviz.dissect import Dissection

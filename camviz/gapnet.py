@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,8 @@ from camviz.maps import POOLS, global_pool
 from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
 from camviz.result import CamResult
 
-__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "REL_TOL", "REL_TOL_TF32",
-           "REL_TOL_AUTOCAST", "ABS_TOL"]
+__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "replace_submodule",
+           "REL_TOL", "REL_TOL_TF32", "REL_TOL_AUTOCAST", "ABS_TOL"]
 
 Tensor = torch.Tensor
 
@@ -188,10 +189,14 @@ class GapNet:
         """The global pooling: "avg" (GAP) or "max" (GMP)."""
         return self.adapter.pool
 
+    @property
+    def _probe_size(self) -> tuple[int, int]:
+        out = self.transform.output_size if self.transform else None
+        return out or (224, 224)
+
     def _probe(self, probe_size: int | tuple[int, int] | None) -> None:
         if probe_size is None:
-            out = self.transform.output_size if self.transform else None
-            probe_size = out or (224, 224)
+            probe_size = self._probe_size
         if isinstance(probe_size, int):
             probe_size = (probe_size, probe_size)
         gen = torch.Generator().manual_seed(0)
@@ -334,12 +339,53 @@ class GapNet:
             transform=self.transform,
         )
 
+    def with_head(self, head: nn.Linear, classes: Sequence[str] | None = None) -> GapNet:
+        """A GapNet with ``head`` in place of this one's final Linear, sharing every other module
+        (the trunk is not copied; its parameters are the same tensors). The transform, device
+        and pooling are kept; the new net passes the same exactness check.
+
+        Example:
+            >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 2), device="cpu")
+            >>> new = net.with_head(nn.Linear(4, 3), classes=["a", "b", "c"])
+            >>> new.classes, new.model.features is net.model.features
+            (['a', 'b', 'c'], True)
+        """
+        if not isinstance(head, nn.Linear) or head.in_features != self.num_units:
+            got = (f"{head.in_features} inputs" if isinstance(head, nn.Linear)
+                   else type(head).__name__)
+            raise CamvizError(f"the new head must be an nn.Linear of {self.num_units} inputs "
+                              f"(the network's units), got {got}")
+        model = replace_submodule(self.model, self.adapter.head, head.to(self.device))
+        return GapNet(model, classes=classes, transform=self.transform, device=self.device,
+                      probe_size=self._probe_size, adapter=self.adapter)
+
     def __repr__(self) -> str:
         return (
             f"GapNet({type(self.model).__name__}, features=`{self.adapter.site}`, "
             f"head=`{self.adapter.head}` {self.num_units}->{self.num_classes}, pool={self.pool}, "
             f"device={self.device})"
         )
+
+
+def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    """A shallow copy of ``model`` with the submodule at dotted ``path`` replaced by ``new``:
+    the modules on the path are copied (their own attributes kept), every other module is
+    shared, and ``model`` itself is unchanged.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)))
+        >>> m2 = replace_submodule(m, "1.1", nn.Linear(2, 5))
+        >>> m2[1][1].out_features, m[1][1].out_features, m2[0] is m[0]
+        (5, 2, True)
+    """
+    first, _, rest = path.partition(".")
+    root = copy.copy(model)
+    # its own tables (children, parameters, buffers, hooks), sharing what they hold
+    root.__dict__.update({k: copy.copy(v) for k, v in model.__dict__.items()
+                          if isinstance(v, dict)})
+    child = model._modules[first]
+    root._modules[first] = replace_submodule(child, rest, new) if rest else new
+    return root
 
 
 def _rel_tolerance(device: torch.device, autocast: torch.dtype | None) -> float:

@@ -56,7 +56,8 @@ def test_rerun_resumes(folder, tmp_path, tiny_net) -> None:
     # a crash left half a line behind: that image is redone, finished ones are not
     with (out / "results.jsonl").open("a") as f:
         f.write('{"key": "gray.jp')
-    counts = runner.run_images(tiny_net, [folder / "a.png", folder / "gray.jpg"], out, progress=False)
+    both = [folder / "a.png", folder / "gray.jpg"]
+    counts = runner.run_images(tiny_net, both, out, progress=False)
     assert counts == {"done": 1, "skipped": 1, "failed": 0}
     counts = runner.run_images(tiny_net, [folder], out, progress=False)
     assert counts["skipped"] == 1 + 0 and counts["done"] == 2  # keys are relative to the folder now

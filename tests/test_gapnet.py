@@ -289,3 +289,23 @@ def test_unknown_model_suggests_names() -> None:
         camviz.load_model("resnet5O")
     with pytest.raises(camviz.WeightsUnavailable, match="has no weights 'NOPE'"):
         camviz.load_model("resnet18", weights="NOPE")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "densenet121"])
+def test_with_head_shares_the_trunk_and_stays_exact(name: str) -> None:
+    model = _build(name)
+    net = camviz.GapNet.from_model(model, device="cpu", probe_size=SIZE)
+    torch.manual_seed(5)
+    head = nn.Linear(net.num_units, 3)
+    new = net.with_head(head, classes=["x", "y", "z"])
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    a, b = net.run(x), new.run(x)
+    torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)  # the same trunk
+    assert b.logits.shape == (2, 3) and new.classes == ["x", "y", "z"]
+    torch.testing.assert_close(b.cams([0, 1, 2]).mean((2, 3)) + new.head_bias, b.logits,
+                               rtol=1e-4, atol=1e-4)
+    assert net.num_classes == 7 and model.get_submodule(net.adapter.head).out_features == 7
+    shared = {id(p) for p in net.model.parameters()} & {id(p) for p in new.model.parameters()}
+    assert len(shared) == len(list(net.model.parameters())) - 2  # all but the old weight, bias
+    with pytest.raises(camviz.CamvizError, match="nn.Linear of"):
+        net.with_head(nn.Linear(5, 3))

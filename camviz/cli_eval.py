@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from camviz.cli import demo_split, model_args
 from camviz.datasets import WsolDataset, WsolMetadata, collate
 from camviz.errors import CamvizError, DatasetError
+from camviz.faithfulness import EvalFaithfulness
 from camviz.images import Preprocess
 from camviz.localize import PAPER_THRESHOLD
 from camviz.metrics import (
@@ -142,6 +143,8 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    faithfulness: bool = False,
+    faithfulness_steps: int = 50,
 ) -> dict[str, Any]:
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
 
@@ -150,7 +153,11 @@ def evaluate(
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
-    threshold), ``seconds``. All scores in percent.
+    threshold), ``seconds``. All scores in percent. Beside them (:mod:`camviz.faithfulness`,
+    on the same maps): ``pointing_game_box`` / ``pointing_game_mask`` (None without that ground
+    truth) with details in ``pointing_game``; with ``faithfulness`` also ``deletion_auc``,
+    ``insertion_auc`` (``faithfulness_steps`` steps), ``average_drop``,
+    ``increase_in_confidence``, ``average_gain`` of the ground-truth class.
 
     Example:
         >>> import camviz
@@ -174,6 +181,7 @@ def evaluate(
     v1 = BoxAccuracy(ts, (50,), multi_contour=False)
     classic = ClassicLocalization(paper_threshold)
     pxap = PixelAP(ts) if meta.has_masks else None
+    faith = EvalFaithfulness(net, perturb=faithfulness, steps=faithfulness_steps)
     failed: list[list[str]] = []
     no_gt: list[str] = []
     n_cls = top1 = top5_hits = 0
@@ -189,7 +197,12 @@ def evaluate(
             if "image" in batch:
                 res = net.run(batch["image"])
                 labels = batch["label"]
-                maps = gt_maps(res, labels, (h, w)).double().cpu().numpy()
+                maps_t = gt_maps(res, labels, (h, w))
+                maps = maps_t.double().cpu().numpy()
+                faith.update(
+                    res, maps_t, labels, batch["boxes"] if meta.has_boxes else None,
+                    batch.get("mask") if meta.has_masks else None,
+                )
                 top5 = res.topk(min(5, res.logits.shape[1])).indices.cpu().numpy()
                 for j, cam in enumerate(maps):
                     boxes = batch["boxes"][j]
@@ -234,6 +247,7 @@ def evaluate(
             "V1@50": r1["curves"][50].tolist(),
         }
     out["PxAP"] = pxap.compute()["PxAP"] if pxap is not None and pxap.count else None
+    out.update(faith.compute())
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -256,10 +270,18 @@ def _table(out: dict[str, Any], model: str, data: str) -> str:
         ("MaxBoxAccV2", "MaxBoxAccV2"),
         ("MaxBoxAcc (V1)", "MaxBoxAccV1"),
         ("PxAP", "PxAP"),
+        ("pointing game box", "pointing_game_box"),
+        ("pointing game mask", "pointing_game_mask"),
+        ("deletion AUC", "deletion_auc"),
+        ("insertion AUC", "insertion_auc"),
+        ("average drop", "average_drop"),
+        ("incr. in conf.", "increase_in_confidence"),
+        ("average gain", "average_gain"),
     ]
     for name, key in rows:
         if out.get(key) is not None:
-            lines.append(f"  {name:<18} {out[key]:6.2f}")
+            digits = 4 if key.endswith("_auc") else 2  # AUCs are fractions, the rest percent
+            lines.append(f"  {name:<18} {out[key]:6.{digits}f}")
     lines.append(f"  ({out['seconds']:.1f} s)")
     return "\n".join(lines)
 
@@ -286,6 +308,13 @@ def register(sub: Any) -> None:
         help="fixed threshold of the CAM paper's numbers",
     )
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also deletion/insertion AUC, average drop/gain, increase in confidence (runs the "
+        "network on perturbed images: about 2 x steps + 1 passes per image)",
+    )
+    p.add_argument("--faithfulness-steps", type=int, default=50, help="deletion/insertion steps")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -307,6 +336,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.no_progress,
         num_workers=args.workers,
+        faithfulness=args.faithfulness,
+        faithfulness_steps=args.faithfulness_steps,
     )
     if not args.curves:
         out.pop("curves", None)

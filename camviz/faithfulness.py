@@ -18,7 +18,8 @@ of class ``c``. Every perturbed image goes through ``net.model`` in torch on ``n
 * **Deletion / insertion** (Petsiuk et al., "RISE", BMVC 2018): pixels are ranked by ``s``,
   highest first (ties: lower flat index first, a stable sort). With ``P = ceil(HW / steps)``
   pixels per step, the curve has points ``k_i = min(i P, HW)`` for ``i = 0 .. ceil(HW / P)``
-  (``steps + 1`` points whenever ``steps`` divides HW, and for 224 x 224 with 50 steps).
+  (``steps + 1`` points unless ``steps`` nears HW; 224 x 224 in 50 steps: 49 of 1004 pixels,
+  the last of 980).
   Deletion: the first ``k_i`` pixels (all channels) take the baseline's values (default 0);
   insertion: the image is the baseline (default RISE's blur, :func:`blur`) except the first
   ``k_i`` pixels, which are the image's. The score is the area under ``p_c`` against the
@@ -38,7 +39,8 @@ of class ``c``. Every perturbed image goes through ``net.model`` in torch on ``n
   ``DropInConfidence`` returns ``max(0, Y - O)`` undivided: camviz follows the paper.
 
 The class ``c`` is the one given (``camviz eval`` uses the ground-truth label, whose map it
-scores) or the top-1 class of ``x``.
+scores) or the top-1 class of ``x``. (The module runs past 500 lines because each metric's
+definition and its differences from the reference implementations are written out in full.)
 
 Example:
     >>> import torch

@@ -29,6 +29,7 @@ from camviz.result import CamResult, TopK, Units
 from camviz.datasets import WsolDataset, WsolMetadata
 from camviz.localize import InvalidMap, paper_box, paper_boxes, reference_boxes
 from camviz.metrics import BoxAccuracy, ClassicLocalization, PixelAP, box_iou
+from camviz.faithfulness import ConfidenceChange, DeletionInsertion, PointingGame
 
 # --- units ---
 from camviz.scan import UnitStats, scan

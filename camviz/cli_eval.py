@@ -6,14 +6,17 @@ at its threshold (20% of the map's maximum, IoU >= 0.5), MaxBoxAcc at IoU 30/50/
 MaxBoxAccV2 (their mean) and MaxBoxAcc V1, and PxAP where the data has masks — with the WSOL
 reference protocol (clovaai/wsolevaluation): the ground-truth class's map, bicubic to the
 network input, min-max normalised; boxes scaled to the map with truncation; one CAM threshold
-for the whole dataset.
+for the whole dataset. Beside them, on the same maps (:mod:`camviz.faithfulness`): the pointing
+game (15-pixel tolerance) on the boxes and on the masks, and with ``--faithfulness`` deletion
+and insertion AUCs, average drop, increase in confidence and average gain of the ground-truth
+class (these run the network again on perturbed images).
 
 Data specs: ``demo:SPLIT`` or ``demo:SPLIT:N`` (the demo world, generated once into the cache;
 N defaults to 500), or ``METADATA_DIR`` / ``METADATA_DIR:IMAGE_ROOT`` (a wsolevaluation
 metadata folder; images resolved under IMAGE_ROOT, default the metadata folder).
 
 Example:
-    $ camviz eval --model demo --data demo:test:200
+    $ camviz eval --model demo --data demo:test:200 --faithfulness
     $ camviz eval --model resnet50 --data metadata/CUB/test:/data/CUB_200_2011/images --json
 """
 

@@ -478,3 +478,10 @@ def test_cli_eval_faithfulness_on_the_demo_fixture(capsys):
     assert main(args[:-3]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert "deletion_auc" not in plain and plain["pointing_game_box"] == out["pointing_game_box"]
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(fa, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0

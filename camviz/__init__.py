@@ -40,6 +40,7 @@ from camviz.datasets import WsolDataset, WsolMetadata
 from camviz.evaluate import evaluate
 from camviz.localize import InvalidMap, paper_box, paper_boxes, reference_boxes
 from camviz.metrics import BoxAccuracy, ClassicLocalization, PixelAP, box_iou
+from camviz.faithfulness import ConfidenceChange, DeletionInsertion, PointingGame
 
 # --- units ---
 from camviz.datasets import PartsFolder

@@ -6,7 +6,10 @@ the map's maximum, IoU >= 0.5), MaxBoxAcc at IoU 30/50/70 with MaxBoxAccV2 (thei
 MaxBoxAcc V1, and PxAP where the data has masks — with the WSOL reference protocol
 (clovaai/wsolevaluation): the ground-truth class's map, bicubic to the network input, min-max
 normalised; boxes scaled to the map with truncation; one CAM threshold for the whole dataset.
-Images that fail to load are reported and skipped.
+Beside them, on the same maps (:mod:`camviz.faithfulness`): the pointing game (15-pixel
+tolerance) on the boxes and on the masks, and with ``faithfulness=True`` deletion and insertion
+AUCs, average drop, increase in confidence and average gain of the ground-truth class (these
+run the network again on perturbed images). Images that fail to load are reported and skipped.
 
 Example:
     >>> from torch import nn
@@ -27,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from camviz.datasets import SkipBad, WsolDataset, WsolMetadata, collate
 from camviz.errors import DatasetError
+from camviz.faithfulness import EvalFaithfulness
 from camviz.images import Preprocess
 from camviz.localize import PAPER_THRESHOLD
 from camviz.maps import min_max
@@ -93,8 +97,10 @@ class Scores:
     """
 
     def __init__(self, has_boxes: bool, has_masks: bool, cam_step: float = 0.01,
-                 paper_threshold: float = PAPER_THRESHOLD) -> None:
+                 paper_threshold: float = PAPER_THRESHOLD,
+                 faith: EvalFaithfulness | None = None) -> None:
         self.has_boxes, self.has_masks = has_boxes, has_masks
+        self.faith = faith or EvalFaithfulness(None, perturb=False)
         self.thresholds = default_cam_thresholds(cam_step)
         self.v2 = BoxAccuracy(self.thresholds, (30, 50, 70), multi_contour=True)
         self.v1 = BoxAccuracy(self.thresholds, (50,), multi_contour=False)
@@ -107,7 +113,10 @@ class Scores:
     def update(self, res: CamResult, batch: dict[str, Any], size: tuple[int, int]) -> None:
         """Score one batch (a :func:`~camviz.datasets.collate` dict) from its pass ``res``."""
         labels = batch["label"]
-        maps = gt_maps(res, labels, size).numpy()
+        maps_t = gt_maps(res, labels, size)
+        self.faith.update(res, maps_t, labels, batch["boxes"] if self.has_boxes else None,
+                          batch.get("mask") if self.has_masks else None)
+        maps = maps_t.numpy()
         top5 = res.topk(min(5, res.logits.shape[1])).indices.cpu().numpy()
         for j, cam in enumerate(maps):
             boxes, label = batch["boxes"][j], int(labels[j])
@@ -137,6 +146,7 @@ class Scores:
             out.update(self._box_scores())
         has_px = self.pxap is not None and self.pxap.count
         out["PxAP"] = self.pxap.compute()["PxAP"] if has_px else None
+        out.update(self.faith.compute())
         return out
 
     def _box_scores(self) -> dict[str, Any]:
@@ -167,6 +177,8 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    faithfulness: bool = False,
+    faithfulness_steps: int = 50,
 ) -> dict[str, Any]:
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
 
@@ -175,7 +187,11 @@ def evaluate(
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
-    threshold), ``seconds``. All scores in percent.
+    threshold), ``seconds``. All scores in percent. Beside them (:mod:`camviz.faithfulness`,
+    on the same maps): ``pointing_game_box`` / ``pointing_game_mask`` (None without that ground
+    truth) with details in ``pointing_game``; with ``faithfulness`` also ``deletion_auc``,
+    ``insertion_auc`` (``faithfulness_steps`` steps), ``average_drop``,
+    ``increase_in_confidence``, ``average_gain`` of the ground-truth class.
 
     Example:
         >>> from pathlib import Path
@@ -197,7 +213,8 @@ def evaluate(
     safe = SkipBad(ds, describe=lambda i: meta[i].image_id)
     loader = DataLoader(Subset(safe, idx), batch_size=batch_size, collate_fn=collate,
                         num_workers=num_workers)
-    scores = Scores(meta.has_boxes, meta.has_masks, cam_step, paper_threshold)
+    faith = EvalFaithfulness(net, perturb=faithfulness, steps=faithfulness_steps)
+    scores = Scores(meta.has_boxes, meta.has_masks, cam_step, paper_threshold, faith)
     bar = _bar(progress, len(idx))
     with torch.inference_mode():
         for batch in loader:

@@ -31,7 +31,8 @@ from camviz.maps import POOLS, global_pool
 from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
 from camviz.result import CamResult
 
-__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "replace_submodule",
+__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "folded_head",
+           "replace_submodule",
            "REL_TOL", "REL_TOL_TF32", "REL_TOL_AUTOCAST", "ABS_TOL"]
 
 Tensor = torch.Tensor
@@ -221,23 +222,12 @@ class GapNet:
     @property
     def head_weight(self) -> Tensor:
         """Effective head weights W (C, K), float32, after folding any post-pooling LayerNorm."""
-        w = self._head.weight.detach().float()
-        if self._norm is not None and getattr(self._norm, "weight", None) is not None:
-            w = w * self._norm.weight.detach().float()[None, :]
-        return w
+        return folded_head(self._head, self._norm)[0]
 
     @property
     def head_bias(self) -> Tensor:
         """Effective head bias b (C,), float32 (zeros when the Linear has none)."""
-        lin = self._head
-        b = (
-            lin.bias.detach().float()
-            if lin.bias is not None
-            else torch.zeros(lin.out_features, device=lin.weight.device)
-        )
-        if self._norm is not None and getattr(self._norm, "bias", None) is not None:
-            b = b + lin.weight.detach().float() @ self._norm.bias.detach().float()
-        return b
+        return folded_head(self._head, self._norm)[1]
 
     @property
     def num_classes(self) -> int:
@@ -365,6 +355,27 @@ class GapNet:
             f"head=`{self.adapter.head}` {self.num_units}->{self.num_classes}, pool={self.pool}, "
             f"device={self.device})"
         )
+
+
+def folded_head(lin: nn.Linear, norm: nn.Module | None) -> tuple[Tensor, Tensor]:
+    """The head (W, b) in float32, with a LayerNorm ``norm`` applied to the pooled vector
+    before ``lin`` folded in: ``W * gamma`` and ``b + W beta`` (the per-image centring and
+    scaling are folded into F by the pass).
+
+    Example:
+        >>> lin, ln = nn.Linear(2, 1), nn.LayerNorm(2)
+        >>> w, b = folded_head(lin, ln)
+        >>> torch.equal(w, lin.weight.detach() * ln.weight.detach())
+        True
+    """
+    w = lin.weight.detach().float()
+    b = (lin.bias.detach().float() if lin.bias is not None
+         else torch.zeros(lin.out_features, device=lin.weight.device))
+    if norm is not None and getattr(norm, "bias", None) is not None:
+        b = b + w @ norm.bias.detach().float()
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        w = w * norm.weight.detach().float()[None, :]
+    return w, b
 
 
 def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:

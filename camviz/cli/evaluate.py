@@ -6,7 +6,7 @@ paper's GT-known / top-1 / top-5 localization, MaxBoxAcc@30/50/70, MaxBoxAccV2, 
 ``METADATA_DIR[:IMAGE_ROOT]`` (a wsolevaluation metadata folder).
 
 Example:
-    $ camviz eval --model demo --data demo:test:200
+    $ camviz eval --model demo --data demo:test:200 --faithfulness
     $ camviz eval --model resnet50 --data metadata/CUB/test:/data/CUB_200_2011/images --json
 """
 
@@ -42,10 +42,18 @@ def _table(out: dict[str, Any], model: str, data: str) -> str:
         ("MaxBoxAccV2", "MaxBoxAccV2"),
         ("MaxBoxAcc (V1)", "MaxBoxAccV1"),
         ("PxAP", "PxAP"),
+        ("pointing game box", "pointing_game_box"),
+        ("pointing game mask", "pointing_game_mask"),
+        ("deletion AUC", "deletion_auc"),
+        ("insertion AUC", "insertion_auc"),
+        ("average drop", "average_drop"),
+        ("incr. in conf.", "increase_in_confidence"),
+        ("average gain", "average_gain"),
     ]
     for name, key in rows:
         if out.get(key) is not None:
-            lines.append(f"  {name:<18} {out[key]:6.2f}")
+            digits = 4 if key.endswith("_auc") else 2  # AUCs are fractions, the rest percent
+            lines.append(f"  {name:<18} {out[key]:6.{digits}f}")
     lines.append(f"  ({out['seconds']:.1f} s)")
     return "\n".join(lines)
 
@@ -72,6 +80,14 @@ def register(sub: Any) -> None:
         help="fixed threshold of the CAM paper's numbers",
     )
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also deletion/insertion AUC, average drop/gain, increase in confidence (runs the "
+        "network on perturbed images: about 2 x steps + 1 passes per image)",
+    )
+    p.add_argument("--faithfulness-steps", type=positive_int, default=50,
+                   help="deletion/insertion steps")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -91,6 +107,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.no_progress,
         num_workers=args.workers,
+        faithfulness=args.faithfulness,
+        faithfulness_steps=args.faithfulness_steps,
     )
     if not args.curves:
         out.pop("curves", None)

@@ -51,22 +51,38 @@ ABS_TOL = 1e-5
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``.
+    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is checked: an unknown device,
+    or one this machine lacks, raises :class:`CamvizError` saying what to use.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps
     """
-    if isinstance(device, torch.device):
-        return device
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps" if has_mps else "cpu")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CamvizError(
+            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CamvizError(f"CUDA is not available on this machine (device {device!r}); use "
+                          "cpu, or auto to take the best device there is")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise CamvizError(f"there is no {dev}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)")
+    if dev.type == "mps" and not has_mps:
+        raise CamvizError("MPS is not available on this machine; use cpu or auto")
+    return dev
 
 
 class _Composed(nn.Module):

@@ -28,6 +28,13 @@ __all__ = ["build_parser", "main", "COMMANDS"]
 COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"camviz: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``camviz`` with every subcommand registered.
 
@@ -35,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> sorted(build_parser()._subparsers._group_actions[0].choices)[:3]
         ['demo', 'dissect', 'eval']
     """
-    parser = argparse.ArgumentParser(prog="camviz", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="camviz", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)

@@ -93,7 +93,14 @@ class _Composed(nn.Module):
         self.features, self.head, self.pool = features, head, pool
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(global_pool(self.features(x), self.pool))
+        f = self.features(x)
+        if not isinstance(f, Tensor) or f.ndim != 4:
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise NotAGapNetwork(
+                f"`features` gave {shape}, not a (B, K, h, w) conv feature map; give GapNet "
+                "the module whose output is the last conv map (before any pooling)"
+            )
+        return self.head(global_pool(f, self.pool))
 
 
 def tolerance(pooled: Tensor, weight: Tensor, bias: Tensor, rel: float) -> Tensor:
@@ -166,6 +173,7 @@ class GapNet:
         if adapter.pool not in POOLS:
             raise CamvizError(f"pool must be one of {POOLS}, got {adapter.pool!r}")
         self.device = resolve_device(device)
+        _check_float32(model)
         self.model = model.to(self.device)
         self.adapter = adapter
         self.transform = transform
@@ -468,6 +476,16 @@ def _call(model: nn.Module, x: Tensor, autocast: torch.dtype | None) -> Any:
                 "the image (a transform with a resize does this)."
             ) from err
         raise
+
+
+def _check_float32(model: nn.Module) -> None:
+    odd = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+    if odd:
+        raise CamvizError(
+            f"the model's parameters are {sorted(str(d) for d in odd)}, not float32: give the "
+            "float32 model (model.float()) and run it in reduced precision with "
+            "net.run(x, autocast='bf16' or 'fp16'), which keeps the maps exact"
+        )
 
 
 def _from_parts(

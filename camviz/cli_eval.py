@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -150,7 +151,8 @@ def evaluate(
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
-    threshold), ``seconds``. All scores in percent.
+    threshold), ``pxap_curve`` (with masks: pixel ``precision`` and ``recall``, fractions per
+    threshold, high to low, None where undefined), ``seconds``. Scores in percent.
 
     Example:
         >>> import camviz
@@ -233,7 +235,15 @@ def evaluate(
             **{f"V2@{d}": r2["curves"][d].tolist() for d in (30, 50, 70)},
             "V1@50": r1["curves"][50].tolist(),
         }
-    out["PxAP"] = pxap.compute()["PxAP"] if pxap is not None and pxap.count else None
+    out["PxAP"] = None
+    if pxap is not None and pxap.count:
+        px = pxap.compute()
+        out["PxAP"] = px["PxAP"]
+        # the pixel precision-recall curve (thresholds high to low; None where undefined)
+        out["pxap_curve"] = {
+            key: [None if not math.isfinite(v) else float(v) for v in px[key].tolist()]
+            for key in ("precision", "recall")
+        }
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 
@@ -310,6 +320,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if not args.curves:
         out.pop("curves", None)
+        out.pop("pxap_curve", None)
     if args.json:
         out = {"model": args.model, "data": args.data, **out}
         print(json.dumps(out, allow_nan=False))

@@ -83,7 +83,7 @@ def top_classes(
     image = one.images()[0]
     n = maps.shape[0]
     fig, axes = panel_grid(width, 1, n + 1, title_lines=2)
-    image_panel(axes[0, 0], image, "input\n")
+    image_panel(axes[0, 0], image, "input")
     for j, (name, p) in enumerate(zip(top.names[0], top.probs[0].tolist(), strict=True)):
         map_panel(axes[0, j + 1], image, maps[j], cmap, alpha, f"{name}\np = {p:.2f}")
     colorbar(fig, axes, cmap, CAM_LABEL)
@@ -201,7 +201,10 @@ def view(
     (the class's top units by ``order``, "weight" or "contribution" on this image) or unit ids
     (e.g. the widget's ``state["units"]``). A tile is the unit's map f_k, min-max normalised,
     with its mask outlined: above its dataset quantile given ``stats`` (a scan's UnitStats, at
-    ``level``), else above ``threshold`` x its max (as the widget does).
+    ``level``), else above ``threshold`` x its max (as the widget does); it is captioned with
+    the unit id, its weight w_ck and its share of logit - bias on this image. A widget saves its
+    current view with ``save(view(res, cls, threshold, units=state["units"], stats=stats,
+    alpha=state["opacity"], cmap=state["cmap"], box=state["box"], mask=state["mask"]), path)``.
 
     Example:
         >>> from torch import nn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import io
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -278,6 +279,14 @@ def test_style_is_local_and_cmap_selectable(res):
     assert panels(figures.top_classes(res, k=1))[0].images[-1].get_cmap().name == "viridis"
     assert fig.axes[-1].get_ylabel() == "normalised CAM"
     assert {k: mpl.rcParams[k] for k in before} == before
+    # drawn outside the style (as a notebook's own PNG of it would be), text keeps its sizes
+    r = {"curves": {"cam_thresholds": [0.0, 1.0], "V2@30": [9, 0], "V2@50": [5, 0],
+                    "V2@70": [1, 0]}}
+    for f in (fig, figures.curves({"A": r})):
+        f.savefig(io.BytesIO(), format="png", dpi=20)
+        sizes = {t.get_fontsize() for ax in f.axes for t in [
+            *ax.xaxis.get_ticklabels(), *ax.yaxis.get_ticklabels(), ax.title, ax.yaxis.label]}
+        assert sizes <= {6.0, 7.0}, sizes
 
 
 def test_import_camviz_does_not_import_matplotlib():

@@ -265,6 +265,11 @@ def test_png_pixels_are_width_times_dpi(res, tmp_path):
     assert figures.figure_width("page") == 6.9
 
 
+def test_figures_show_themselves_in_jupyter_as_png(res):
+    png = figures.top_classes(res, k=2, width=2.0)._repr_png_()  # what IPython displays
+    assert Image.open(io.BytesIO(png)).size[0] == 300  # 2 in at 150 dpi
+
+
 def test_same_figure_made_twice_same_bytes(res, tmp_path):
     for suffix in (".pdf", ".svg"):
         a, b = (figures.save(figures.top_classes(res, k=2, width="column"),

@@ -3,7 +3,7 @@
 Each function returns a matplotlib ``Figure`` (no pyplot: nothing needs a display, and the
 figure shows itself in Jupyter); :func:`save` writes it as PDF, SVG or PNG from the suffix.
 
-* :func:`top_classes` - an image and the maps of its top-k classes (the paper's figure 3/4).
+* :func:`top_classes` - an image and the maps of its top-k classes (the paper's top-5 figure).
 * :func:`class_units` - a class's top units, each over its top dataset images (section 5).
 * :func:`compare` - the same images through several networks, one row each (GAP vs GMP).
 * :func:`localization` - examples with the ground-truth and CAM boxes over the map.

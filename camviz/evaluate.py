@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -144,8 +145,15 @@ class Scores:
         }
         if self.has_boxes and self.v2.count:
             out.update(self._box_scores())
-        has_px = self.pxap is not None and self.pxap.count
-        out["PxAP"] = self.pxap.compute()["PxAP"] if has_px else None
+        out["PxAP"] = None
+        if self.pxap is not None and self.pxap.count:
+            px = self.pxap.compute()
+            out["PxAP"] = px["PxAP"]
+            # the pixel precision-recall curve (thresholds high to low; None where undefined)
+            out["pxap_curve"] = {
+                key: [None if not math.isfinite(v) else float(v) for v in px[key].tolist()]
+                for key in ("precision", "recall")
+            }
         out.update(self.faith.compute())
         return out
 
@@ -187,11 +195,13 @@ def evaluate(
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
-    threshold), ``seconds``. All scores in percent. Beside them (:mod:`camviz.faithfulness`,
-    on the same maps): ``pointing_game_box`` / ``pointing_game_mask`` (None without that ground
-    truth) with details in ``pointing_game``; with ``faithfulness`` also ``deletion_auc``,
-    ``insertion_auc`` (``faithfulness_steps`` steps), ``average_drop``,
-    ``increase_in_confidence``, ``average_gain`` of the ground-truth class.
+    threshold), ``pxap_curve`` (with masks: pixel ``precision`` and ``recall``, fractions per
+    threshold, high to low, None where undefined), ``seconds``. All scores in percent. Beside
+    them (:mod:`camviz.faithfulness`, on the same maps): ``pointing_game_box`` /
+    ``pointing_game_mask`` (None without that ground truth) with details in ``pointing_game``;
+    with ``faithfulness`` also ``deletion_auc``, ``insertion_auc`` (``faithfulness_steps``
+    steps), ``average_drop``, ``increase_in_confidence``, ``average_gain`` of the ground-truth
+    class.
 
     Example:
         >>> from pathlib import Path

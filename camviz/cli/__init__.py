@@ -25,7 +25,7 @@ from camviz.errors import CamvizError
 __all__ = ["build_parser", "main", "COMMANDS"]
 
 #: Modules that add subcommands, each with ``register(subparsers)``.
-COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units"]
+COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units", "camviz.cli.figure"]
 
 
 class _Parser(argparse.ArgumentParser):

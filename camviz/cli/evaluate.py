@@ -112,6 +112,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     if not args.curves:
         out.pop("curves", None)
+        out.pop("pxap_curve", None)
     if args.json:
         out = {"model": args.model, "data": args.data, **out}
         print(json.dumps(out, allow_nan=False))

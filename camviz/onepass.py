@@ -334,10 +334,10 @@ def _could_compete(
 ) -> bool:
     """Whether a region has holes and some region other than ``top`` could have an outer
     contour at least as large as top's window area says."""
-    holes = False
     for i in range(n):
-        holes |= euler4[live[i]] < 4
-    if not holes:
+        if euler4[live[i]] < 4:  # a region with holes
+            break
+    else:
         return False
     for i in range(n):
         g = live[i]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 import camviz
-from camviz.demo import CLASSES, PARTS, ensure_split, render_sample, write_split
+from camviz.demo import CLASSES, NOVEL_CLASSES, PARTS, ensure_split, render_sample, write_split
 from camviz.demo.__main__ import main as demo_main
 from camviz.demo.net import load_demo, load_state, weights_path
 from camviz.demo.world import _LAYOUTS, SCALE_RANGE
@@ -291,3 +292,50 @@ def test_shared_trunk_loss_weights_reach_only_their_heads(tmp_path):
 def test_bundled_head_is_non_negative():
     for name in ("demo", "demo-gmp"):
         assert bool((camviz.load_model(name, device="cpu").head_weight >= 0).all())
+
+
+# -- the novel class set ---------------------------------------------------------------------------
+
+
+def test_novel_classes_are_new_arrangements_of_the_same_parts():
+    from camviz.demo.world import _NOVEL_LAYOUTS
+
+    base = {frozenset(Counter(q for q, *_ in lay).items()) for lay in _LAYOUTS.values()}
+    assert len(NOVEL_CLASSES) >= 3 and not set(NOVEL_CLASSES) & set(CLASSES)
+    for name, layout in _NOVEL_LAYOUTS.items():
+        kinds = Counter(q for q, *_ in layout)
+        assert set(kinds) <= set(PARTS), name
+        assert frozenset(kinds.items()) not in base, f"{name} has the parts of a base class"
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_novel_ground_truth_is_consistent_and_images_are_their_own(index):
+    from camviz.demo.world import _NOVEL_LAYOUTS
+
+    s = render_sample("val", index, classes="novel")
+    assert s.classes == NOVEL_CLASSES and s.class_name in NOVEL_CLASSES
+    assert set(s.parts) == {p for p, *_ in _NOVEL_LAYOUTS[s.class_name]}
+    union = np.zeros_like(s.mask)
+    for m in s.parts.values():
+        assert m.any() and not (m & ~s.mask).any()
+        union |= m
+    assert np.array_equal(union, s.mask)
+    assert not np.array_equal(s.image, render_sample("val", index).image)
+
+
+def test_novel_split_is_written_with_its_class_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path))
+    root = ensure_split("test", 3, classes="novel")
+    assert root.name == "novel-test-3"
+    assert [name for _, name in _rows(root / "classes.txt")] == list(NOVEL_CLASSES)
+    info = json.loads((root / "split.json").read_text())
+    assert info["class_set"] == "novel" and info["classes"] == list(NOVEL_CLASSES)
+    ids = (root / "image_ids.txt").read_text().split()
+    labels = dict(_rows(root / "class_labels.txt"))
+    for i, p in enumerate(ids):
+        s = render_sample("test", i, classes="novel")
+        assert np.array_equal(np.asarray(Image.open(root / p)), s.image)
+        assert int(labels[p]) == s.label
+    assert camviz.datasets.demo_split("demo-novel:test:3") == root
+    with pytest.raises(camviz.DatasetError, match="unknown class set 'odd'"):
+        ensure_split("test", 3, classes="odd")

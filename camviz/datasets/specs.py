@@ -1,7 +1,8 @@
 """Data specs: one string names a dataset, for every command and notebook.
 
 * ``demo:SPLIT`` or ``demo:SPLIT:N`` — the demo world's split of N images (default
-  :data:`DEFAULT_N`), generated once into the cache;
+  :data:`DEFAULT_N`), generated once into the cache; ``demo-novel:SPLIT[:N]`` the same of the
+  world's novel classes (arrangements the demo nets never saw, :data:`camviz.demo.NOVEL_CLASSES`);
 * ``METADATA_DIR`` or ``METADATA_DIR:IMAGE_ROOT`` — a wsolevaluation metadata folder (labels,
   boxes or masks; images under IMAGE_ROOT, default the metadata folder); with ``parts.txt`` it
   also has part masks (the demo world's layout);
@@ -24,34 +25,41 @@ from camviz.datasets.folders import ImageFolder, PartsFolder, image_files
 from camviz.datasets.wsol import WsolDataset, WsolMetadata
 from camviz.errors import DatasetError
 
-__all__ = ["DEFAULT_N", "parse_spec", "demo_split", "resolve_data", "resolve_metadata", "NEEDS"]
+__all__ = ["DEFAULT_N", "DEMO_KINDS", "parse_spec", "demo_split", "resolve_data",
+           "resolve_metadata", "NEEDS"]
 
 #: Images of a demo split when a spec gives no count.
 DEFAULT_N = 500
+#: Spec prefixes of the demo world's splits -> class set.
+DEMO_KINDS = {"demo": "base", "demo-novel": "novel"}
 #: What a command may need of its data.
 NEEDS = (None, "labels", "parts", "boxes")
 
 
 def parse_spec(spec: str) -> tuple[str, str, Any]:
-    """``("demo", split, n)`` or ``("folder", metadata_dir, image_root or None)``.
+    """``("demo", split, n)``, ``("demo-novel", split, n)`` or ``("folder", metadata_dir,
+    image_root or None)``.
 
     Example:
         >>> parse_spec("demo:")
         Traceback (most recent call last):
         ...
         camviz.errors.DatasetError: bad data spec 'demo:'; use demo:SPLIT or demo:SPLIT:N
+        >>> parse_spec("demo-novel:test:40")
+        ('demo-novel', 'test', 40)
     """
-    if spec.startswith("demo:"):
+    kind = spec.split(":", 1)[0]
+    if kind in DEMO_KINDS and ":" in spec:
         fields = spec.split(":")
         if len(fields) not in (2, 3) or not fields[1]:
-            raise DatasetError(f"bad data spec {spec!r}; use demo:SPLIT or demo:SPLIT:N")
+            raise DatasetError(f"bad data spec {spec!r}; use {kind}:SPLIT or {kind}:SPLIT:N")
         try:
             n = int(fields[2]) if len(fields) == 3 else DEFAULT_N
         except ValueError:
-            raise DatasetError(f"bad image count in {spec!r}; use demo:SPLIT:N") from None
+            raise DatasetError(f"bad image count in {spec!r}; use {kind}:SPLIT:N") from None
         if n < 1:
             raise DatasetError(f"bad image count in {spec!r}: N must be at least 1")
-        return "demo", fields[1], n
+        return kind, fields[1], n
     root, image_root = Path(spec), None
     if not root.is_dir() and ":" in spec:
         left, right = spec.split(":", 1)
@@ -72,11 +80,11 @@ def demo_split(spec: str) -> Path:
         camviz.errors.DatasetError: bad image count in 'demo:test:many'; use demo:SPLIT:N
     """
     kind, split, n = parse_spec(spec)
-    if kind != "demo":
+    if kind not in DEMO_KINDS:
         raise DatasetError(f"{spec!r} is not a demo spec; use demo:SPLIT[:N]")
     from camviz.demo import ensure_split  # the demo world loads on use
 
-    return ensure_split(split, n, progress=True)
+    return ensure_split(split, n, progress=True, classes=DEMO_KINDS[kind])
 
 
 def resolve_metadata(spec: str) -> WsolMetadata:
@@ -90,7 +98,7 @@ def resolve_metadata(spec: str) -> WsolMetadata:
         data /no/such/folder is not a folder
     """
     kind, root, image_root = parse_spec(spec)
-    if kind == "demo":
+    if kind in DEMO_KINDS:
         return WsolMetadata(demo_split(spec))
     return WsolMetadata(root, image_root=image_root)
 
@@ -110,7 +118,7 @@ def resolve_data(spec: str, transform: Any = None, need: str | None = None) -> D
     if need not in NEEDS:
         raise DatasetError(f"need must be one of {NEEDS}, got {need!r}")
     kind, root, image_root = parse_spec(spec)
-    folder = demo_split(spec) if kind == "demo" else Path(root)
+    folder = demo_split(spec) if kind in DEMO_KINDS else Path(root)
     if (folder / "parts.txt").is_file() and need != "boxes":
         return PartsFolder(folder, transform=transform)
     if need == "parts":

@@ -7,6 +7,14 @@ the image side, rotated up to 30 degrees, in random colours, on textures that sc
 with clutter strokes and 1-3 stray parts. So neither one part nor a colour gives the class away.
 Images are 128 x 128 and fully determined by (seed, split, index): see :mod:`camviz.demo.world`.
 
+Novel classes (:data:`NOVEL_CLASSES`: dumbbell = disc, bar, disc side by side; glasses = ring,
+bar, ring; robot = a small square over a large one; pine = a small triangle over a large one)
+are arrangements of the same parts that no base class uses and the demo nets never saw. They
+come as splits of their own: ``ensure_split("train", 200, classes="novel")``, the data spec
+``demo-novel:train:200``, ``python -m camviz.demo generate --classes novel``; their labels index
+``NOVEL_CLASSES`` (the split's ``classes.txt``). For heads fitted on the frozen demo trunk
+(:func:`camviz.fit_head`, ``benchmarks/fewshot_quality.py``).
+
 Split folder layout (``python -m camviz.demo generate --split test --n 1000 --out DIR``; the
 folder is the root every path below is relative to; the wsolevaluation layout plus three files)::
 
@@ -43,15 +51,25 @@ from __future__ import annotations
 
 from camviz.demo.groundtruth import cache_dir, ensure_split, write_demo_images, write_split
 from camviz.demo.net import DemoModel, demo_transform, load_demo, training_info
-from camviz.demo.world import CLASSES, IMAGE_SIZE, PARTS, Sample, render_sample
+from camviz.demo.world import (
+    CLASSES,
+    IMAGE_SIZE,
+    NOVEL_CLASSES,
+    PARTS,
+    Sample,
+    class_names,
+    render_sample,
+)
 
 __all__ = [
     "CLASSES",
     "IMAGE_SIZE",
+    "NOVEL_CLASSES",
     "PARTS",
     "DemoModel",
     "Sample",
     "cache_dir",
+    "class_names",
     "demo_transform",
     "ensure_split",
     "load_demo",

@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from camviz.demo.world import CLASSES, PARTS, WORLD_SEED, WORLD_VERSION, Sample, render_sample
+from camviz.demo.world import (
+    CLASS_SETS,
+    PARTS,
+    WORLD_SEED,
+    WORLD_VERSION,
+    Sample,
+    class_names,
+    render_sample,
+)
 from camviz.errors import DatasetError
 
 _FILES = (
@@ -54,9 +62,9 @@ def _png(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(path, optimize=False)
 
 
-def _write_one(args: tuple[str, int, int, str]) -> dict:
-    split, index, seed, root = args
-    s: Sample = render_sample(split, index, seed=seed)
+def _write_one(args: tuple[str, int, int, str, str]) -> dict:
+    split, index, seed, root, classes = args
+    s: Sample = render_sample(split, index, seed=seed, classes=classes)
     out = Path(root)
     name = f"{index:06d}"
     img, mask = f"images/{name}.png", f"masks/{name}.png"
@@ -85,11 +93,13 @@ def write_split(
     start: int = 0,
     workers: int = 1,
     progress: bool = True,
+    classes: str = "base",
 ) -> Path:
     """Generate images ``start .. start + n - 1`` of ``split`` into the folder ``out``.
 
     Writes the images, masks and the metadata files of :mod:`camviz.demo`'s layout. ``workers``
-    > 1 draws in parallel processes (same pixels either way). Returns ``out`` as a Path.
+    > 1 draws in parallel processes (same pixels either way). ``classes``: the class set,
+    "base" (the demo nets' 9 classes) or "novel" (4 others). Returns ``out`` as a Path.
 
     Example:
         >>> import tempfile
@@ -99,18 +109,24 @@ def write_split(
     """
     if n < 1:
         raise DatasetError(f"n must be at least 1, got {n}")
+    _check_classes(classes)
     root = Path(out)
     for sub in ("images", "masks", "parts"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(split, i, seed, str(root)) for i in range(start, start + n)]
+    jobs = [(split, i, seed, str(root), classes) for i in range(start, start + n)]
     rows: Iterable[dict]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             rows = list(_progress(pool.map(_write_one, jobs, chunksize=16), n, split, progress))
     else:
         rows = list(_progress(map(_write_one, jobs), n, split, progress))
-    _write_metadata(root, rows, split, seed, start)
+    _write_metadata(root, rows, split, seed, start, classes)
     return root
+
+
+def _check_classes(classes: str) -> None:
+    if classes not in CLASS_SETS:
+        raise DatasetError(f"unknown class set {classes!r}; use one of {sorted(CLASS_SETS)}")
 
 
 def _progress(it: Iterable[dict], n: int, split: str, on: bool) -> Iterable[dict]:
@@ -121,7 +137,9 @@ def _progress(it: Iterable[dict], n: int, split: str, on: bool) -> Iterable[dict
     return tqdm(it, total=n, desc=f"demo {split}", unit="img")
 
 
-def _write_metadata(root: Path, rows: list[dict], split: str, seed: int, start: int) -> None:
+def _write_metadata(
+    root: Path, rows: list[dict], split: str, seed: int, start: int, classes: str
+) -> None:
     def lines(items: Iterable[str]) -> str:
         return "\n".join(items) + "\n"
 
@@ -140,9 +158,11 @@ def _write_metadata(root: Path, rows: list[dict], split: str, seed: int, start: 
     (root / "distractors.txt").write_text(
         lines(f"{r['path']},{k},{p}" for r in rows for k, p in r["distractors"])
     )
-    (root / "classes.txt").write_text(lines(f"{i},{c}" for i, c in enumerate(CLASSES)))
+    names = class_names(classes)
+    (root / "classes.txt").write_text(lines(f"{i},{c}" for i, c in enumerate(names)))
     info = {"world": "camviz.demo", "version": WORLD_VERSION, "split": split, "seed": seed,
-            "start": start, "n": len(rows), "classes": list(CLASSES), "parts": list(PARTS)}
+            "start": start, "n": len(rows), "class_set": classes, "classes": list(names),
+            "parts": list(PARTS)}
     (root / "split.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
@@ -162,18 +182,22 @@ def write_demo_images(
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        s = render_sample(split, i, seed=seed, label=i % len(CLASSES))
+        s = render_sample(split, i, seed=seed, label=i % len(class_names()))
         p = dest / f"{i:02d}_{s.class_name}.png"
         Image.fromarray(s.image).save(p)
         paths.append(p)
     return paths
 
 
-def ensure_split(split: str, n: int, seed: int = WORLD_SEED, progress: bool = False) -> Path:
+def ensure_split(
+    split: str, n: int, seed: int = WORLD_SEED, progress: bool = False, classes: str = "base"
+) -> Path:
     """The folder of a demo split of ``n`` images, generated once into the cache and reused.
 
     Lives under ``cache_dir()/demo/``; written to a temporary folder and renamed, so a half-written
     split is never returned. Returns the split's root (metadata and images both in it).
+    ``classes="novel"`` gives a split of the novel class set (``novel-<split>-<n>``), whose
+    images are none of the base set's.
 
     Example:
         >>> root = ensure_split("test", 4)  # doctest: +SKIP
@@ -182,14 +206,16 @@ def ensure_split(split: str, n: int, seed: int = WORLD_SEED, progress: bool = Fa
     """
     if n < 1:
         raise DatasetError(f"n must be at least 1, got {n}")
+    _check_classes(classes)
     base = cache_dir() / "demo"
-    final = base / f"v{WORLD_VERSION}-seed{seed}" / f"{split}-{n}"
+    name = f"{split}-{n}" if classes == "base" else f"{classes}-{split}-{n}"
+    final = base / f"v{WORLD_VERSION}-seed{seed}" / name
     if (final / "split.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}-{n}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
-        write_split(split, n, tmp, seed=seed, progress=progress)
+        write_split(split, n, tmp, seed=seed, progress=progress, classes=classes)
         try:
             tmp.rename(final)
         except OSError:  # another process finished the same split first: use theirs

@@ -4,6 +4,11 @@ Every image is drawn from its own numpy ``Generator`` seeded by (world seed, spl
 image depends only on those three numbers: splits never share an image and any subset can be drawn
 in parallel, in any order, with identical results.
 
+Two class sets share the part vocabulary: ``"base"`` (the 9 classes the demo nets are trained on)
+and ``"novel"`` (4 arrangements that no base class uses, for heads fitted on the frozen trunk,
+:func:`camviz.fit_head`). A novel image's seed also carries the set, so its images never equal a
+base image; the base set's images are exactly those of world version 2.
+
 Example:
     >>> s = render_sample("test", 0)
     >>> s.image.shape, s.image.dtype, CLASSES[s.label] in CLASSES
@@ -30,7 +35,8 @@ WORLD_VERSION = 2  # bump when a change alters any generated pixel
 PARTS: tuple[str, ...] = ("disc", "ring", "square", "triangle", "bar", "cross")
 
 # Part placements in the object's own frame ([-1, 1]^2, y down): (part, x, y, half-w, half-h).
-_LAYOUTS: dict[str, tuple[tuple[str, float, float, float, float], ...]] = {
+Layout = tuple[tuple[str, float, float, float, float], ...]
+_LAYOUTS: dict[str, Layout] = {
     "house": (("triangle", 0.0, -0.50, 0.78, 0.45), ("square", 0.0, 0.45, 0.60, 0.50)),
     "tree": (("triangle", 0.0, -0.35, 0.70, 0.60), ("bar", 0.0, 0.62, 0.15, 0.38)),
     "sign": (("square", 0.0, -0.45, 0.62, 0.45), ("bar", 0.0, 0.50, 0.13, 0.50)),
@@ -46,6 +52,29 @@ _LAYOUTS: dict[str, tuple[tuple[str, float, float, float, float], ...]] = {
     "chapel": (("cross", 0.0, -0.58, 0.40, 0.40), ("square", 0.0, 0.40, 0.62, 0.56)),
 }
 CLASSES: tuple[str, ...] = tuple(_LAYOUTS)
+
+# New arrangements of the same parts, never seen in training: no base class puts two discs or two
+# rings side by side on a bar, or stacks two squares or two triangles.
+_NOVEL_LAYOUTS: dict[str, Layout] = {
+    "dumbbell": (
+        ("disc", -0.62, 0.0, 0.36, 0.36),
+        ("bar", 0.0, 0.0, 0.40, 0.11),
+        ("disc", 0.62, 0.0, 0.36, 0.36),
+    ),
+    "glasses": (
+        ("ring", -0.52, 0.0, 0.42, 0.42),
+        ("bar", 0.0, -0.08, 0.18, 0.08),
+        ("ring", 0.52, 0.0, 0.42, 0.42),
+    ),
+    "robot": (("square", 0.0, -0.56, 0.36, 0.34), ("square", 0.0, 0.36, 0.66, 0.56)),
+    "pine": (("triangle", 0.0, -0.50, 0.55, 0.42), ("triangle", 0.0, 0.34, 0.82, 0.56)),
+}
+NOVEL_CLASSES: tuple[str, ...] = tuple(_NOVEL_LAYOUTS)
+#: The class sets of the world: name -> (layouts, number mixed into the seed; 0 keeps v2 seeds).
+CLASS_SETS: dict[str, tuple[dict[str, Layout], int]] = {
+    "base": (_LAYOUTS, 0),
+    "novel": (_NOVEL_LAYOUTS, 1),
+}
 
 MAX_ROTATION = 30.0  # degrees; beyond this "above" and "left of" would stop meaning anything
 SCALE_RANGE = (0.15, 0.60)  # longer side of the object's box, as a fraction of the image side
@@ -67,14 +96,33 @@ class Sample:
     box: tuple[int, int, int, int]
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     distractors: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    classes: tuple[str, ...] = CLASSES  # the names of the class set ``label`` indexes
 
     @property
     def class_name(self) -> str:
-        return CLASSES[self.label]
+        return self.classes[self.label]
 
 
-def split_seed(split: str, index: int, seed: int = WORLD_SEED) -> np.random.SeedSequence:
-    """The seed of one image: distinct for every (seed, split, index).
+def class_names(classes: str = "base") -> tuple[str, ...]:
+    """The class names of a class set ("base" or "novel").
+
+    Example:
+        >>> class_names("novel")
+        ('dumbbell', 'glasses', 'robot', 'pine')
+    """
+    return tuple(_class_set(classes)[0])
+
+
+def _class_set(classes: str) -> tuple[dict[str, Layout], int]:
+    if classes not in CLASS_SETS:
+        raise ValueError(f"unknown class set {classes!r}; use one of {sorted(CLASS_SETS)}")
+    return CLASS_SETS[classes]
+
+
+def split_seed(
+    split: str, index: int, seed: int = WORLD_SEED, class_set: int = 0
+) -> np.random.SeedSequence:
+    """The seed of one image: distinct for every (seed, split, index, class set number).
 
     Example:
         >>> split_seed("train", 3).entropy == split_seed("test", 3).entropy
@@ -83,7 +131,8 @@ def split_seed(split: str, index: int, seed: int = WORLD_SEED) -> np.random.Seed
     if index < 0:
         raise ValueError(f"image index must be >= 0, got {index}")
     code = zlib.crc32(split.encode("utf-8"))
-    return np.random.SeedSequence([seed, code, int(index)])
+    entropy = [seed, code, int(index)] + ([int(class_set)] if class_set else [])
+    return np.random.SeedSequence(entropy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +261,7 @@ def _clutter(rng: np.random.Generator, img: np.ndarray) -> None:
 
 
 def _place(
-    layout: tuple[tuple[str, float, float, float, float], ...], rng: np.random.Generator,
-    size: int,
+    layout: Layout, rng: np.random.Generator, size: int,
 ) -> list[tuple[str, list[np.ndarray], list[np.ndarray]]]:
     """Pixel polygons of each part of one object, scaled, rotated and placed in the image."""
     theta = np.deg2rad(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
@@ -288,25 +336,30 @@ def _distractors(
 
 def render_sample(
     split: str, index: int, seed: int = WORLD_SEED, label: int | None = None,
-    size: int = IMAGE_SIZE,
+    size: int = IMAGE_SIZE, classes: str = "base",
 ) -> Sample:
     """Draw image ``index`` of ``split``: always the same pixels for the same arguments.
 
-    ``label`` forces the class (otherwise drawn uniformly).
+    ``label`` forces the class (otherwise drawn uniformly); ``classes`` is the class set
+    ("base", or "novel": :data:`NOVEL_CLASSES`, drawn from seeds of their own).
 
     Example:
         >>> a, b = render_sample("val", 7), render_sample("val", 7)
         >>> bool((a.image == b.image).all()) and a.label == b.label
         True
+        >>> render_sample("val", 7, classes="novel", label=2).class_name
+        'robot'
     """
-    rng = np.random.default_rng(split_seed(split, index, seed))
-    y = int(rng.integers(len(CLASSES))) if label is None else int(label)
-    if not 0 <= y < len(CLASSES):
-        raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
+    layouts, set_code = _class_set(classes)
+    names = tuple(layouts)
+    rng = np.random.default_rng(split_seed(split, index, seed, set_code))
+    y = int(rng.integers(len(names))) if label is None else int(label)
+    if not 0 <= y < len(names):
+        raise ValueError(f"label must be in [0, {len(names)}), got {label}")
     img = _background(rng, size)
     _clutter(rng, img)
 
-    placed = _place(_LAYOUTS[CLASSES[y]], rng, size)
+    placed = _place(layouts[names[y]], rng, size)
     obj = np.zeros((size, size), dtype=bool)
     part_masks: list[tuple[str, np.ndarray]] = []
     obj_drawn = np.zeros((size, size), dtype=bool)
@@ -337,4 +390,5 @@ def render_sample(
     img += rng.normal(0.0, 0.025, img.shape).astype(img.dtype)
     image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     parts = {k: visible[k] for k in dict.fromkeys(k for k, _ in part_masks)}
-    return Sample(image=image, label=y, mask=obj, box=box, parts=parts, distractors=distr)
+    return Sample(image=image, label=y, mask=obj, box=box, parts=parts, distractors=distr,
+                  classes=names)

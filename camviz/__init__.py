@@ -22,6 +22,7 @@ import torch  # noqa: F401  (the example above)
 from camviz.errors import (
     CamvizError,
     DatasetError,
+    HeadError,
     ImageError,
     NotAGapNetwork,
     NotExact,
@@ -48,6 +49,10 @@ from camviz.dissect import Dissection, dissect
 from camviz.scan import UnitStats, scan
 from camviz.stats import RunningQuantile, RunningTopK
 from camviz.units import class_units, unit_masks
+
+# --- new heads (generic localization) ---
+from camviz.heads import fit_head, load_head, pool_features
+from camviz.linearfit import fit_linear
 
 __version__ = "0.1.0"
 

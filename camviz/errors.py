@@ -42,3 +42,7 @@ class DatasetError(CamvizError):
 
 class UnsafePath(DatasetError):
     """A path in untrusted metadata escapes the folder it must stay under."""
+
+
+class HeadError(CamvizError):
+    """A head file is unreadable, or does not fit the network it is loaded onto."""

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,13 +27,14 @@ from torch import nn
 
 from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
 from camviz.exactness import check_exact, folded_head, rel_tolerance
+from camviz.headfile import trunk_fingerprint, write_head
 from camviz.hooks import capture, eval_mode
 from camviz.images import Preprocess, to_batch
 from camviz.maps import POOLS, global_pool
 from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
 from camviz.result import CamResult
 
-__all__ = ["GapNet", "resolve_device", "replace_submodule"]
+__all__ = ["GapNet", "resolve_device", "replace_submodule", "trunk_id"]
 
 Tensor = torch.Tensor
 
@@ -125,17 +127,10 @@ class GapNet:
     """
 
     def __init__(
-        self,
-        features: nn.Module,
-        head: nn.Module | None = None,
-        pool: str = "avg",
-        classes: Sequence[str] | None = None,
-        transform: Preprocess | None = None,
-        device: str | torch.device = "auto",
-        check: bool = True,
-        probe_size: int | tuple[int, int] | None = None,
-        *,
-        adapter: Adapter | None = None,
+        self, features: nn.Module, head: nn.Module | None = None, pool: str = "avg",
+        classes: Sequence[str] | None = None, transform: Preprocess | None = None,
+        device: str | torch.device = "auto", check: bool = True,
+        probe_size: int | tuple[int, int] | None = None, *, adapter: Adapter | None = None,
     ) -> None:
         if adapter is None:
             model, adapter = _from_parts(features, head, pool)
@@ -161,13 +156,9 @@ class GapNet:
 
     @classmethod
     def from_model(
-        cls,
-        model: nn.Module,
-        classes: Sequence[str] | None = None,
-        transform: Preprocess | None = None,
-        device: str | torch.device = "auto",
-        check: bool = True,
-        probe_size: int | tuple[int, int] | None = None,
+        cls, model: nn.Module, classes: Sequence[str] | None = None,
+        transform: Preprocess | None = None, device: str | torch.device = "auto",
+        check: bool = True, probe_size: int | tuple[int, int] | None = None,
     ) -> GapNet:
         """Wrap a classifier of a known family, checking on a probe batch that maps are exact.
 
@@ -338,14 +329,21 @@ class GapNet:
             >>> new.classes, new.model.features is net.model.features
             (['a', 'b', 'c'], True)
         """
-        if not isinstance(head, nn.Linear) or head.in_features != self.num_units:
-            got = (f"{head.in_features} inputs" if isinstance(head, nn.Linear)
-                   else type(head).__name__)
-            raise CamvizError(f"the new head must be an nn.Linear of {self.num_units} inputs "
-                              f"(the network's units), got {got}")
+        _check_new_head(head, self.num_units)
         model = replace_submodule(self.model, self.adapter.head, head.to(self.device))
         return GapNet(model, classes=classes, transform=self.transform, device=self.device,
                       probe_size=self._probe_size, adapter=self.adapter)
+
+    def save_head(self, path: str | os.PathLike[str]) -> None:
+        """Write the head (weights, bias, class names), the trunk's fingerprint and the pooling
+        to a safetensors file, for :func:`camviz.load_head` (see :mod:`camviz.headfile`).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 2), device="cpu")
+            >>> net.save_head(pathlib.Path(tempfile.mkdtemp()) / "head.safetensors")
+        """
+        write_head(path, self._head, self.classes, trunk_id(self), self.pool)
 
     def __repr__(self) -> str:
         return (
@@ -353,6 +351,28 @@ class GapNet:
             f"head=`{self.adapter.head}` {self.num_units}->{self.num_classes}, pool={self.pool}, "
             f"device={self.device})"
         )
+
+
+def trunk_id(net: GapNet) -> str:
+    """The fingerprint of ``net``'s trunk: its model without the head, where its features are
+    read, how they are post-processed, and its preprocessing (see
+    :func:`camviz.headfile.trunk_fingerprint`). Every head on one trunk gives the same id.
+
+    Example:
+        >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 2), device="cpu")
+        >>> trunk_id(net) == trunk_id(net.with_head(nn.Linear(4, 9)))
+        True
+    """
+    a = net.adapter
+    post = "" if a.post is None else getattr(a.post, "__qualname__", type(a.post).__qualname__)
+    return trunk_fingerprint(net.model, a.head, a.site, net.transform, extra=(post, a.norm or ""))
+
+
+def _check_new_head(head: nn.Module, units: int) -> None:
+    if not isinstance(head, nn.Linear) or head.in_features != units:
+        got = f"{head.in_features} inputs" if isinstance(head, nn.Linear) else type(head).__name__
+        raise CamvizError(f"the new head must be an nn.Linear of {units} inputs "
+                          f"(the network's units), got {got}")
 
 
 def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:

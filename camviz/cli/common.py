@@ -12,6 +12,7 @@ import argparse
 
 from camviz.datasets import DEFAULT_N
 from camviz.gapnet import GapNet
+from camviz.heads import load_head
 from camviz.models import load_model
 
 __all__ = ["weights_arg", "model_args", "data_arg", "positive_int", "open_model"]
@@ -43,19 +44,23 @@ def positive_int(text: str) -> int:
     return value
 
 
-def model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser, head: bool = True) -> None:
     """Add the options every model-running command shares: ``--model``, ``--weights``,
-    ``--device``.
+    ``--device`` and (``head=True``) ``--head``.
 
     Example:
         >>> p = argparse.ArgumentParser(); model_args(p)
-        >>> p.parse_args([]).model
-        'demo'
+        >>> p.parse_args([]).model, p.parse_args([]).head
+        ('demo', None)
     """
     p.add_argument("--model", default="demo", help="a name from camviz.list_models()")
     p.add_argument("--weights", default="DEFAULT", type=weights_arg,
                    help="weights name, DEFAULT, or none for random weights")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
+    if head:
+        p.add_argument("--head", default=None, metavar="FILE",
+                       help="a head file (camviz fit-head, net.save_head) to use instead of "
+                       "the model's own head, for its classes")
 
 
 def data_arg(p: argparse.ArgumentParser, what: str = "a dataset folder") -> None:
@@ -71,11 +76,13 @@ def data_arg(p: argparse.ArgumentParser, what: str = "a dataset folder") -> None
 
 
 def open_model(args: argparse.Namespace) -> GapNet:
-    """The network the parsed options name.
+    """The network the parsed options name (with the head of ``--head FILE`` when given).
 
     Example:
         >>> args = argparse.Namespace(model="demo", weights=None, device="cpu")
         >>> open_model(args).num_units
         128
     """
-    return load_model(args.model, weights=args.weights, device=args.device)
+    net = load_model(args.model, weights=args.weights, device=args.device)
+    head = getattr(args, "head", None)
+    return load_head(net, head) if head else net

@@ -18,7 +18,7 @@ import argparse
 from typing import Any
 
 from camviz import figures  # light: the figure functions load matplotlib on first use
-from camviz.cli.common import model_args, positive_int, weights_arg
+from camviz.cli.common import model_args, open_model, positive_int, weights_arg
 from camviz.datasets import resolve_data
 from camviz.datasets import resolve_metadata as resolve_eval_data
 from camviz.dissect import dissect
@@ -129,7 +129,7 @@ def _check(args: argparse.Namespace) -> None:
 def cmd_top_classes(args: argparse.Namespace) -> int:
     """``camviz figure top-classes``."""
     _check(args)
-    net = load_model(args.model, weights=args.weights, device=args.device)
+    net = open_model(args)
     res = net.run([args.image])
     return _write(figures.top_classes(res, 0, args.k, width=args.width, cmap=args.cmap), args)
 
@@ -137,7 +137,7 @@ def cmd_top_classes(args: argparse.Namespace) -> int:
 def cmd_units(args: argparse.Namespace) -> int:
     """``camviz figure units``: scan ``--data`` (cached), dissect it when it has parts."""
     _check(args)
-    net = load_model(args.model, weights=args.weights, device=args.device)
+    net = open_model(args)
     class_index(net.classes, args.cls)
     data = resolve_data(args.data, net.transform)
     if len(data) == 0:
@@ -180,7 +180,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_localization(args: argparse.Namespace) -> int:
     """``camviz figure localization``."""
     _check(args)
-    net = load_model(args.model, weights=args.weights, device=args.device)
+    net = open_model(args)
     meta = resolve_eval_data(args.data)
     fig = figures.localization(net, meta, n=args.n, threshold=args.threshold, cols=args.cols,
                                width=args.width, cmap=args.cmap)

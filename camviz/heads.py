@@ -100,7 +100,8 @@ def dataset_classes(dataset: Any) -> list[str] | None:
 
     Example:
         >>> from camviz.datasets import resolve_data
-        >>> dataset_classes(resolve_data("data/demo-fixture"))[:3]
+        >>> fixture = Path(__file__).parents[1] / "data" / "demo-fixture"
+        >>> dataset_classes(resolve_data(str(fixture)))[:3]
         ['house', 'tree', 'sign']
     """
     names = getattr(dataset, "classes", None)

@@ -388,3 +388,15 @@ def test_real_photos_end_to_end_with_an_imagenet_network(tmp_path):
     maps = res.cams(classes=torch.tensor([[data.labels[0]], [data.labels[-1]]]), size="input",
                     normalize=True)
     assert maps.shape == (2, 1, 224, 224) and float(maps.amax()) == 1.0
+
+
+def test_every_one_model_command_takes_head():
+    from camviz.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["run", "a.png", "--out", "o"], ["eval", "--data", "d"],
+                 ["scan", "--data", "d", "--out", "s.npz"], ["dissect", "--data", "d", "--out", "o"],
+                 ["figure", "top-classes", "a.png", "--out", "f.pdf"],
+                 ["figure", "units", "--data", "d", "--cls", "c", "--out", "f.pdf"],
+                 ["figure", "localization", "--data", "d", "--out", "f.pdf"]):
+        assert parser.parse_args([*argv, "--head", "h.safetensors"]).head == "h.safetensors"

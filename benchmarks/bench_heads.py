@@ -1,0 +1,102 @@
+"""Speed of new heads: the pooling pass against the bare forward, and the fit on cached features.
+
+1. **Pooling pass** (``camviz.pool_features``, no cache) over N preprocessed images against the
+   bare ``model(x)`` over the same batches, in the same process, interleaved, median of
+   ``--repeats``: throughput ratio = bare time / pooling time (target >= 0.9). The pass runs the
+   network once per batch through ``GapNet.run`` (feature hook, exactness check, pooling) and
+   batches the items with camviz's collate, as ``camviz fit-head`` does.
+2. **Fit** (``camviz.fit_linear``) on 10,000 feature vectors of 1280 dimensions (the size of
+   EfficientNet-B0 / Lite0 features) in memory, as they come from the feature cache: class
+   means plus noise, non-negative like pooled ReLU features; softmax and SVM heads, 10 and 100
+   classes, the default L2 grid (5 strengths fitted on 80%, then the chosen one on all).
+
+The machine may be shared: the load average is printed with the numbers.
+
+    python benchmarks/bench_heads.py [--threads 2] [--repeats 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import camviz
+from camviz.heads import pool_features
+from camviz.linearfit import fit_linear
+
+
+def bench_pooling(name: str, size: int, n: int, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    net = camviz.load_model(name, weights=None, device="cpu") if name != "demo" else \
+        camviz.load_model("demo", device="cpu")
+    data = [torch.randn(3, size, size) for _ in range(n)]
+    batches = [torch.stack(data[i : i + batch]) for i in range(0, n, batch)]
+    model = net.model.eval()
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+        return time.perf_counter() - t
+
+    def pooled() -> float:
+        t = time.perf_counter()
+        pool_features(net, data, batch_size=batch, cache=False, progress=False)
+        return time.perf_counter() - t
+
+    bare(), pooled()  # warm-up
+    tb, tp = [], []
+    for _ in range(repeats):
+        tb.append(bare())
+        tp.append(pooled())
+    mb, mp = statistics.median(tb), statistics.median(tp)
+    return {"model": name, "units": net.num_units, "input": size, "images": n, "batch": batch,
+            "bare_s": round(mb, 3), "pooling_s": round(mp, 3),
+            "throughput_ratio": round(mb / mp, 3)}
+
+
+def bench_fit(n: int, k: int, classes: int, loss: str, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(classes)
+    means = torch.rand(classes, k, generator=g) * 2
+    y = torch.arange(n) % classes
+    x = (means[y] + torch.randn(n, k, generator=g)).clamp_min(0)
+    times, fit = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fit = fit_linear(x, y, classes, loss=loss)
+        times.append(time.perf_counter() - t)
+    return {"n": n, "dim": k, "classes": classes, "loss": loss,
+            "seconds": round(statistics.median(times), 2), "l2": fit.l2,
+            "holdout_accuracy": round(fit.holdout_accuracy, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--fit-repeats", type=int, default=3)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = {"threads": a.threads, "load_before": [round(v, 1) for v in os.getloadavg()]}
+    out["pooling"] = [bench_pooling("demo", 128, 128, 32, a.repeats),
+                      bench_pooling("efficientnet_b0", 224, 64, 32, a.repeats)]
+    out["fit"] = [bench_fit(10000, 1280, c, loss, a.fit_repeats)
+                  for c in (10, 100) for loss in ("softmax", "svm")]
+    out["load_after"] = [round(v, 1) for v in os.getloadavg()]
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

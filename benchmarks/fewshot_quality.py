@@ -1,4 +1,4 @@
-"""Generic localization on ground truth: new heads on the frozen demo trunk for classes it never saw.
+"""Generic localization on ground truth: new heads on the frozen demo trunk for unseen classes.
 
 The CAM paper (section 4) fits a linear SVM on the GAP features of a network trained on ImageNet
 and finds that the class maps of the new head localize the new classes. Here the trunk is the

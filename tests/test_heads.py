@@ -395,7 +395,8 @@ def test_every_one_model_command_takes_head():
 
     parser = build_parser()
     for argv in (["run", "a.png", "--out", "o"], ["eval", "--data", "d"],
-                 ["scan", "--data", "d", "--out", "s.npz"], ["dissect", "--data", "d", "--out", "o"],
+                 ["scan", "--data", "d", "--out", "s.npz"],
+                 ["dissect", "--data", "d", "--out", "o"],
                  ["figure", "top-classes", "a.png", "--out", "f.pdf"],
                  ["figure", "units", "--data", "d", "--cls", "c", "--out", "f.pdf"],
                  ["figure", "localization", "--data", "d", "--out", "f.pdf"]):

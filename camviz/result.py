@@ -89,6 +89,9 @@ class CamResult:
     classes: list[str]
     inputs: Tensor | None = None
     transform: Preprocess | None = None
+    #: fingerprint of the network's trunk (:func:`camviz.gapnet.trunk_fingerprint`): unit
+    #: statistics of another network are refused by :func:`camviz.units.unit_masks`
+    trunk: str | None = None
 
     def __len__(self) -> int:
         return self.logits.shape[0]
@@ -306,4 +309,5 @@ class CamResult:
             classes=self.classes,
             inputs=None if self.inputs is None else self.inputs[index],
             transform=self.transform,
+            trunk=self.trunk,
         )

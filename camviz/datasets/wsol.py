@@ -75,7 +75,7 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
             if size is not None and im.size != tuple(size):
                 im = im.resize(tuple(size), Image.NEAREST)
             arr = np.asarray(im, dtype=np.float32)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read mask {path}: {err}; check the file") from err
     return arr > 0.5
 

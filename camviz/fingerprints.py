@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-__all__ = ["module_fingerprint", "state_version", "file_identity", "tensor_digest", "stable_repr",
-           "dataset_fingerprint", "value_digest"]
+__all__ = ["model_fingerprint", "module_fingerprint", "state_version", "file_identity",
+           "tensor_digest", "stable_repr", "dataset_fingerprint", "value_digest"]
 
 
 def _outside(name: str, skip: str | None) -> bool:
@@ -90,6 +91,32 @@ def stable_repr(obj: Any) -> str:
     if callable(obj) and hasattr(obj, "__qualname__") and not isinstance(obj, type):
         return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def model_fingerprint(net: Any) -> str:
+    """SHA-256 (hex, 16 chars) of the model's architecture (repr), weights and buffers, class
+    names, pooling and preprocessing.
+
+    ``net`` is a :class:`camviz.GapNet` (anything with ``model``, ``pool``, ``classes`` and
+    ``transform``).
+
+    Example:
+        >>> from camviz.gapnet import GapNet
+        >>> a = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
+        >>> model_fingerprint(a) == model_fingerprint(a)
+        True
+    """
+    h = hashlib.sha256()
+    # the module tree's repr carries the hyper-parameters that weights do not (dilation,
+    # padding, stride...), so a changed architecture with same-shaped weights still differs
+    h.update(json.dumps([repr(net.model), net.pool, list(net.classes)]).encode())
+    for name, t in net.model.state_dict().items():
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tf = getattr(net, "transform", None)
+    h.update(repr(tf).encode())
+    return h.hexdigest()[:16]
 
 
 def state_version(module: nn.Module) -> tuple[tuple[int, int], ...] | None:

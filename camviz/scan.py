@@ -52,7 +52,7 @@ from camviz.distributed import broadcast_bytes, merge_on_all, pack, share, toget
 from camviz.distributed import shard as shard_of
 from camviz.errors import CamvizError, DatasetError
 from camviz.files import remove_stale_temps
-from camviz.fingerprints import dataset_fingerprint
+from camviz.fingerprints import dataset_fingerprint, model_fingerprint
 from camviz.gapnet import trunk_fingerprint
 from camviz.result import CamResult
 from camviz.stats import DEFAULT_RESOLUTION
@@ -77,30 +77,6 @@ def scan_cache_dir() -> Path:
     env = os.environ.get("CAMVIZ_CACHE")
     base = Path(env).expanduser() if env else Path.home() / ".cache" / "camviz"
     return base / "scans"
-
-
-def model_fingerprint(net: GapNet) -> str:
-    """SHA-256 (hex, 16 chars) of the model's architecture (repr), weights and buffers, class
-    names, pooling and preprocessing.
-
-    Example:
-        >>> from torch import nn
-        >>> from camviz.gapnet import GapNet
-        >>> a = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
-        >>> model_fingerprint(a) == model_fingerprint(a)
-        True
-    """
-    h = hashlib.sha256()
-    # the module tree's repr carries the hyper-parameters that weights do not (dilation,
-    # padding, stride...), so a changed architecture with same-shaped weights still differs
-    h.update(json.dumps([repr(net.model), net.pool, list(net.classes)]).encode())
-    for name, t in net.model.state_dict().items():
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    tf = getattr(net, "transform", None)
-    h.update(repr(tf).encode())
-    return h.hexdigest()[:16]
 
 
 def make_loader(
@@ -231,10 +207,11 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
             done += n
             bar.update(n)
             if ckpt is not None and every and (b + 1) % every == 0 and done < len(items):
+                stats.meta = {"items": items.stop}  # top-k holds dataset indices up to there
                 ckpt.save(state_arrays(stats), {"done": done, "failed": failed})
     finally:
         bar.close()
-    stats.meta = {"failed": failed}
+    stats.meta = {"failed": failed, "items": items.stop}
     return stats
 
 
@@ -261,8 +238,9 @@ def _read_cache(target: Path, device: Any) -> UnitStats | None:
 
 def _merge(a: UnitStats, b: UnitStats) -> UnitStats:
     failed = a.meta.get("failed", []) + b.meta.get("failed", [])
+    items = max(a.meta.get("items", 0), b.meta.get("items", 0))
     a.merge(b)
-    a.meta = {"failed": failed}
+    a.meta = {"failed": failed, "items": items}
     return a
 
 

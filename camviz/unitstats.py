@@ -28,9 +28,12 @@ import torch
 
 from camviz.errors import CamvizError
 from camviz.files import atomic_open
+from camviz.gapnet import GapNet, trunk_fingerprint
+from camviz.result import CamResult
 from camviz.stats import DEFAULT_RESOLUTION, RunningQuantile, RunningTopK
 
-__all__ = ["FORMAT", "DEFAULT_LEVEL", "UnitStats", "state_arrays", "from_state_arrays"]
+__all__ = ["FORMAT", "DEFAULT_LEVEL", "UnitStats", "state_arrays", "from_state_arrays",
+           "check_match"]
 
 FORMAT = "camviz.unitstats/2"
 #: The Network Dissection quantile level of unit thresholds.
@@ -453,3 +456,36 @@ def _build(arr: dict[str, np.ndarray], info: dict[str, Any], device: str | torch
         level=float(info.get("level", DEFAULT_LEVEL)),
         meta=dict(info.get("meta", {})),
     )
+
+
+def check_match(stats: UnitStats, source: GapNet | CamResult) -> None:
+    """Refuse unit statistics of another network: ``source`` (a GapNet, or the CamResult of
+    one of its passes) must have the units the statistics describe, and the trunk fingerprint
+    the scan recorded (``stats.meta["trunk"]``; a new head on the same trunk is the same
+    network for its units). Statistics that record no trunk (made by hand) are checked by
+    their unit count only.
+
+    Example:
+        >>> from torch import nn
+        >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
+        >>> st = UnitStats.empty(2, net.classes); st.meta["trunk"] = "0123456789abcdef"
+        >>> check_match(st, net)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: these unit statistics were scanned with another network ...
+    """
+    if isinstance(source, CamResult):
+        units, trunk = int(source.features.shape[1]), source.trunk
+    else:
+        units, trunk = source.num_units, trunk_fingerprint(source)
+    if stats.num_units != units:
+        raise CamvizError(f"these unit statistics describe {stats.num_units} units, the network "
+                          f"has {units}; scan this network: camviz.scan(net, dataset)")
+    theirs = stats.meta.get("trunk")
+    if theirs is not None and trunk is not None and theirs != trunk:
+        raise CamvizError(
+            f"these unit statistics were scanned with another network (trunk fingerprint "
+            f"{theirs}; this network's is {trunk}), so their thresholds and top images are not "
+            "this network's units; scan this network: camviz.scan(net, dataset) or `camviz "
+            "scan --model ...` (a new head on the same trunk keeps its statistics)"
+        )

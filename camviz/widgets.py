@@ -57,6 +57,7 @@ from camviz.localize import mask as _mask
 from camviz.maps import min_max
 from camviz.render import COLORMAPS, colormap_lut, outline, overlay
 from camviz.result import CamResult, Units
+from camviz.unitstats import check_match
 
 __all__ = ["Browser", "browse", "box_path", "colorscale", "display_map", "mask_outline"]
 
@@ -271,9 +272,8 @@ class Browser(W.VBox):
             raise CamvizError(f"unknown colour map {cmap!r}; choose one of {COLORMAPS}")
         if unit_order not in ("weight", "contribution"):
             raise CamvizError(f"unit_order must be 'weight' or 'contribution', not {unit_order!r}")
-        if stats is not None and getattr(stats, "num_units", None) not in (None, net.num_units):
-            raise CamvizError(f"stats describe {stats.num_units} units, the network has "
-                              f"{net.num_units}: give the UnitStats of a scan of this network")
+        if stats is not None:
+            check_match(stats, net)  # another network's statistics are refused
         self.net = net
         self.stats = stats
         self.dataset = dataset

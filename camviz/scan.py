@@ -185,6 +185,7 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
     if got is not None:
         stats = from_state_arrays(got[0], net.device, where=str(ckpt.path))
         done, failed = int(got[1]["done"]), list(got[1]["failed"])
+    resumed = done
     name = partial(item_name, dataset)
     todo = range(items.start + done, items.stop)
     loader = make_loader(Subset(SkipBad(_Numbered(dataset), describe=name), todo),
@@ -211,7 +212,7 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
                 ckpt.save(state_arrays(stats), {"done": done, "failed": failed})
     finally:
         bar.close()
-    stats.meta = {"failed": failed, "items": items.stop}
+    stats.meta = {"failed": failed, "items": items.stop, "resumed": resumed}
     return stats
 
 
@@ -239,8 +240,9 @@ def _read_cache(target: Path, device: Any) -> UnitStats | None:
 def _merge(a: UnitStats, b: UnitStats) -> UnitStats:
     failed = a.meta.get("failed", []) + b.meta.get("failed", [])
     items = max(a.meta.get("items", 0), b.meta.get("items", 0))
+    resumed = a.meta.get("resumed", 0) + b.meta.get("resumed", 0)
     a.merge(b)
-    a.meta = {"failed": failed, "items": items}
+    a.meta = {"failed": failed, "items": items, "resumed": resumed}
     return a
 
 
@@ -310,12 +312,13 @@ def scan(
     if size > 1:
         stats = merge_on_all(stats, lambda s: pack(state_arrays(s)),
                              lambda b: from_state_arrays(unpack(b), net.device), _merge)
-    failed = stats.meta.get("failed", [])
+    failed, resumed = stats.meta.get("failed", []), stats.meta.get("resumed", 0)
     if stats.num_images == 0:
         first = f"; first: {failed[0][0]}: {failed[0][1]}" if failed else ""
         raise DatasetError(f"none of the {n} items could be read{first}")
     stats.level = float(level)
-    stats.meta = {**ids, "items": n, "failed": failed, "model_repr": repr(net), "ranks": size,
+    stats.meta = {**ids, "items": n, "failed": failed, "resumed": resumed,
+                  "model_repr": repr(net), "ranks": size,
                   "seconds": round(time.perf_counter() - start, 3),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with together("camviz scan: writing"):

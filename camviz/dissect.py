@@ -215,7 +215,7 @@ class _Tally:
     failed: list[list[Any]] = field(default_factory=list)
 
     def grow(self, names: Sequence[str]) -> None:
-        new = [n for n in names if n not in self.names]
+        new = [n for n in dict.fromkeys(names) if n not in self.names]
         if new:
             self.names += new
             self.inter = torch.cat([self.inter, self.inter.new_zeros(len(self.unit_area),

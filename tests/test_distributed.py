@@ -153,3 +153,27 @@ def test_a_rank_that_dies_or_hangs_fails_the_job_after_the_timeout(tmp_path, how
     assert said.startswith("CamvizError: lost contact with the other ranks (")
     assert said.endswith("one of them died or did not answer within 20 s "
                          "(CAMVIZ_DIST_TIMEOUT): see its own output")
+
+
+@pytest.mark.slow
+def test_torchrun_camviz_scan_writes_once_what_one_process_writes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"no torchrun beside {sys.executable}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "CAMVIZ_DIST_TIMEOUT": "120"}
+    args = ["scan", "--model", "demo", "--data", str(FIXTURE), "--batch-size", str(BATCH),
+            "--no-cache", "--no-progress"]
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
+                          "camviz", *args, "--out", str(tmp_path / "two.npz")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("camviz scan: 32 images") == 1  # rank 0 prints, rank 1 does not
+    one = subprocess.run([sys.executable, "-m", "camviz", *args, "--out",
+                          str(tmp_path / "one.npz")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = (camviz.UnitStats.load(tmp_path / f) for f in ("one.npz", "two.npz"))
+    assert torch.equal(a.top.indices, b.top.indices) and torch.equal(a.top.values, b.top.values)
+    assert torch.equal(a.pred_count, b.pred_count) and b.meta["ranks"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]

@@ -21,10 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -100,30 +102,47 @@ def model_fingerprint(net: Any) -> str:
     ``net`` is a :class:`camviz.GapNet` (anything with ``model``, ``pool``, ``classes`` and
     ``transform``).
 
+    The digest is cached per ``net`` while its tensors (version counters) and the reprs above
+    stay the same, so asking again costs a repr, not a pass over every weight.
+
     Example:
         >>> from camviz.gapnet import GapNet
         >>> a = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
         >>> model_fingerprint(a) == model_fingerprint(a)
         True
     """
-    h = hashlib.sha256()
     # the module tree's repr carries the hyper-parameters that weights do not (dilation,
     # padding, stride...), so a changed architecture with same-shaped weights still differs
-    h.update(json.dumps([repr(net.model), net.pool, list(net.classes)]).encode())
+    head = json.dumps([repr(net.model), net.pool, list(net.classes)])
+    key = (state_version(net.model), head, repr(getattr(net, "transform", None)))
+    try:
+        cached = _MODELS.get(net)
+    except TypeError:  # not weak-referenceable: no cache
+        cached = None
+    if cached is not None and key[0] is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256()
+    h.update(head.encode())
     for name, t in net.model.state_dict().items():
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     tf = getattr(net, "transform", None)
     h.update(repr(tf).encode())
+    with contextlib.suppress(TypeError):
+        _MODELS[net] = (key, h.hexdigest()[:16])
     return h.hexdigest()[:16]
+
+
+_MODELS: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
 
 
 def state_version(module: nn.Module) -> tuple[tuple[int, int], ...] | None:
     """The identities and version counters of ``module``'s parameters and buffers: equal keys
     mean no tensor was replaced or changed in place since (None when the counters cannot be
-    read, e.g. tensors made under ``torch.inference_mode``). Attributes that are not tensors
-    (a changed ``dilation``) are not covered.
+    read, e.g. tensors made under ``torch.inference_mode``). Not covered: attributes that are
+    not tensors (a changed ``dilation``) and writes through ``tensor.data`` (which PyTorch does
+    not count); optimizers, ``load_state_dict`` and in-place ops under ``no_grad`` are seen.
 
     Example:
         >>> m = nn.Linear(2, 2); v = state_version(m)
@@ -214,15 +233,14 @@ def _file_rows(ds: Any) -> Iterator[str] | None:
     return None
 
 
-def _feed_dataset(h: Any, ds: Any) -> None:
+def _feed_dataset(h: Any, ds: Any, read_items: bool) -> bool:
     own = getattr(ds, "fingerprint", None)
     if own is not None:
         h.update(str(own() if callable(own) else own).encode())
-        return
+        return True
     if isinstance(ds, Subset):
         h.update(np.asarray(ds.indices, dtype=np.int64).tobytes())
-        _feed_dataset(h, ds.dataset)
-        return
+        return _feed_dataset(h, ds.dataset, read_items)
     h.update(f"{type(ds).__module__}.{type(ds).__qualname__}:{len(ds)}".encode())
     h.update(stable_repr(getattr(ds, "transform", None)).encode())  # the preprocessing
     h.update(stable_repr(getattr(ds, "map_size", None)).encode())
@@ -231,7 +249,9 @@ def _feed_dataset(h: Any, ds: Any) -> None:
         for row in rows:
             h.update(row.encode())
             h.update(b"\n")
-        return
+        return True
+    if not read_items:
+        return False
     ids = getattr(ds, "image_ids", None) or getattr(ds, "ids", None)
     if ids is not None:
         h.update(repr(list(ids)).encode())
@@ -241,9 +261,10 @@ def _feed_dataset(h: Any, ds: Any) -> None:
         except Exception as err:  # noqa: BLE001 - a bad item is part of what the dataset is
             item = f"unreadable: {type(err).__name__}: {err}"
         value_digest(h, item)
+    return True
 
 
-def dataset_fingerprint(dataset: Any) -> str:
+def dataset_fingerprint(dataset: Any, read_items: bool = True) -> str | None:
     """SHA-256 (hex, 16 chars) of every item of ``dataset``, cheaply, and of its preprocessing.
 
     * a dataset with its own ``fingerprint`` (a string, or a method returning one): that;
@@ -252,7 +273,8 @@ def dataset_fingerprint(dataset: Any) -> str:
       per item the file's absolute path, size and modification time (one ``stat``, no read),
       its label, boxes and mask files, so an image edited in place changes the fingerprint;
     * any other dataset: its ids (``image_ids`` / ``ids``) and a digest of every item's
-      content (one read of every item, no network).
+      content (one read of every item, no network); with ``read_items=False`` such a dataset
+      gets None instead (no fingerprint without reading it).
 
     Always with the class, the length, and the dataset's ``transform`` (its preprocessing).
 
@@ -262,5 +284,4 @@ def dataset_fingerprint(dataset: Any) -> str:
         False
     """
     h = hashlib.sha256()
-    _feed_dataset(h, dataset)
-    return h.hexdigest()[:16]
+    return h.hexdigest()[:16] if _feed_dataset(h, dataset, read_items) else None

@@ -271,6 +271,8 @@ def scan(
     of recomputed. ``checkpoint``: a folder for the partial state (every ``checkpoint_every``
     batches; removed when the scan completes). ``distributed``: inside an initialised
     torch.distributed group, scan this rank's shard and merge (False: this process scans all).
+    ``meta["dataset"]`` is the dataset's fingerprint; it is None for a dataset without files
+    scanned with neither cache nor checkpoint (its fingerprint would read every item once more).
 
     Example:
         >>> from torch import nn
@@ -287,8 +289,11 @@ def scan(
         raise CamvizError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     rank, size = world(distributed)
-    ids = share(lambda: {"model": model_fingerprint(net), "dataset": dataset_fingerprint(dataset),
-                         "trunk": trunk_fingerprint(net)}, "camviz scan")
+    # an in-memory dataset's fingerprint reads every item: only when a cache key needs it
+    keyed = bool(cache) or checkpoint is not None
+    ids = share(lambda: {"model": model_fingerprint(net), "trunk": trunk_fingerprint(net),
+                         "dataset": dataset_fingerprint(dataset, read_items=keyed)},
+                "camviz scan")
     settings = {"top_n": top_n, "resolution": resolution, "autocast": autocast}
     key = hashlib.sha256(json.dumps([FORMAT, ids["model"], ids["dataset"], *settings.values()])
                          .encode()).hexdigest()[:24]

@@ -110,6 +110,7 @@ class Scores:
         self.images = self.top1 = self.top5 = 0
         self.failed: list[list[Any]] = []
         self.no_boxes: list[str] = []
+        self.size_mismatch: list[list[Any]] = []
 
     def update(self, res: CamResult, batch: dict[str, Any], size: tuple[int, int]) -> None:
         """Score one batch (a :func:`~camviz.datasets.collate` dict) from its pass ``res``."""
@@ -121,6 +122,9 @@ class Scores:
         top5 = res.topk(min(5, res.logits.shape[1])).indices.cpu().numpy()
         for j, cam in enumerate(maps):
             boxes, label = batch["boxes"][j], int(labels[j])
+            if tuple(batch["size"][j]) != tuple(batch["stored_size"][j]):
+                self.size_mismatch.append([batch["image_id"][j], list(batch["size"][j]),
+                                           list(batch["stored_size"][j])])
             self.images += 1
             self.top1 += int(top5[j][0] == label)
             self.top5 += int(label in top5[j][:5].tolist())
@@ -140,6 +144,7 @@ class Scores:
             "images": n,
             "failed": self.failed,
             "no_boxes": self.no_boxes,
+            "size_mismatch": self.size_mismatch,
             "top1_cls": self.top1 * 100.0 / n if n else None,
             "top5_cls": self.top5 * 100.0 / n if n else None,
         }
@@ -189,6 +194,10 @@ def evaluate(
     faithfulness_steps: int = 50,
 ) -> dict[str, Any]:
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
+
+    Images are read in their stored frame (no EXIF rotation: the frame boxes are drawn in, as
+    the reference reads them); ``size_mismatch`` lists [image_id, listed size, stored size]
+    where image_sizes.txt disagrees with the file.
 
     Returns a dict: ``images``, ``failed`` (list of [image_id, error]), ``missing``,
     ``no_boxes`` (images of a box split without a box line: left out of the box scores),

@@ -30,6 +30,9 @@ def _table(out: dict[str, Any], model: str, data: str) -> str:
         lines.append(f"  missing (left out): {len(out['missing'])}, e.g. {out['missing'][0]}")
     if out["failed"]:
         lines.append(f"  failed to load: {len(out['failed'])}, e.g. {out['failed'][0]}")
+    if out.get("size_mismatch"):
+        lines.append(f"  stored size differs from image_sizes.txt: {len(out['size_mismatch'])}, "
+                     f"e.g. {out['size_mismatch'][0]} (boxes were scaled from the listed size)")
     rows = [
         ("top-1 cls", "top1_cls"),
         ("top-5 cls", "top5_cls"),

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -121,6 +122,7 @@ class Scores:
         self.images = self.top1 = self.top5 = 0
         self.failed: list[list[Any]] = []
         self.no_boxes: list[str] = []
+        self.size_mismatch: list[list[Any]] = []
 
     def update(self, res: CamResult, batch: dict[str, Any], size: tuple[int, int]) -> None:
         """Score one batch (a :func:`~camviz.datasets.collate` dict) from its pass ``res``."""
@@ -132,6 +134,9 @@ class Scores:
         top5 = res.topk(min(5, res.logits.shape[1])).indices.cpu().numpy()
         for j, cam in enumerate(maps):
             boxes, label = batch["boxes"][j], int(labels[j])
+            if tuple(batch["size"][j]) != tuple(batch["stored_size"][j]):
+                self.size_mismatch.append([batch["image_id"][j], list(batch["size"][j]),
+                                           list(batch["stored_size"][j])])
             self.images += 1
             self.top1 += int(top5[j][0] == label)
             self.top5 += int(label in top5[j][:5].tolist())
@@ -155,6 +160,7 @@ class Scores:
         return {
             "images": self.images, "top1": self.top1, "top5": self.top5,
             "failed": self.failed, "no_boxes": self.no_boxes,
+            "size_mismatch": self.size_mismatch,
             "v2": _box_state(self.v2), "v1": _box_state(self.v1),
             "classic": {"n": self.classic.n, "hits": dict(self.classic.hits)},
             "pxap": None if px is None else {"true": px.true_hist.tolist(),
@@ -172,6 +178,7 @@ class Scores:
         """
         self.images, self.top1, self.top5 = state["images"], state["top1"], state["top5"]
         self.failed, self.no_boxes = list(state["failed"]), list(state["no_boxes"])
+        self.size_mismatch = list(state["size_mismatch"])
         for acc, got in ((self.v2, state["v2"]), (self.v1, state["v1"])):
             acc.count = int(got["count"])
             acc.num_correct = {int(d): np.asarray(v, dtype=np.float64)
@@ -201,6 +208,7 @@ class Scores:
         self.top5 += other.top5
         self.failed += other.failed
         self.no_boxes += other.no_boxes
+        self.size_mismatch += other.size_mismatch
         for mine, theirs in ((self.v2, other.v2), (self.v1, other.v1)):
             mine.count += theirs.count
             for d in mine.num_correct:
@@ -222,6 +230,7 @@ class Scores:
             "images": n,
             "failed": self.failed,
             "no_boxes": self.no_boxes,
+            "size_mismatch": self.size_mismatch,
             "top1_cls": self.top1 * 100.0 / n if n else None,
             "top5_cls": self.top5 * 100.0 / n if n else None,
         }
@@ -230,9 +239,16 @@ class Scores:
         out["PxAP"] = None
         if self.pxap is not None and self.pxap.count:
             try:
-                out["PxAP"] = self.pxap.compute()["PxAP"]
+                px = self.pxap.compute()
             except CamvizError as err:  # e.g. every mask empty: the other scores still stand
                 out["PxAP_error"] = str(err)
+            else:
+                out["PxAP"] = px["PxAP"]
+                # the pixel precision-recall curve (thresholds high to low; None where undefined)
+                out["pxap_curve"] = {
+                    key: [None if not math.isfinite(v) else float(v) for v in px[key].tolist()]
+                    for key in ("precision", "recall")
+                }
         out.update(self.faith.compute())
         return out
 
@@ -296,20 +312,25 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
 
+    Images are read in their stored frame (no EXIF rotation: the frame boxes are drawn in, as
+    the reference reads them); ``size_mismatch`` lists [image_id, listed size, stored size]
+    where image_sizes.txt disagrees with the file.
+
     Returns a dict: ``images``, ``failed`` (list of [image_id, error]), ``missing``,
     ``no_boxes`` (images of a box split without a box line: left out of the box scores),
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
     ``best_threshold`` per IoU, ``PxAP`` (None without masks; ``PxAP_error`` says why when the
-    masks give none), ``curves`` (accuracy per CAM threshold), ``seconds``. All scores in
-    percent. Beside them (:mod:`camviz.faithfulness`, on the same maps): ``pointing_game_box`` /
-    ``pointing_game_mask`` (None without that ground truth) with details in ``pointing_game``;
-    with ``faithfulness`` also ``deletion_auc``, ``insertion_auc`` (``faithfulness_steps``
-    steps), ``average_drop``, ``increase_in_confidence``, ``average_gain`` of the ground-truth
-    class. ``autocast`` ("bf16", "fp16") runs the network's pass in reduced precision.
-    ``checkpoint``: a folder for the partial scores (every ``checkpoint_every`` batches; removed
-    when done); ``distributed``: inside an initialised process group, score this rank's shard
-    and merge (False: this process scores all).
+    masks give none), ``curves`` (accuracy per CAM threshold), ``pxap_curve`` (with masks: pixel
+    ``precision`` and ``recall``, fractions per threshold, high to low, None where undefined),
+    ``seconds``. All scores in percent. Beside them (:mod:`camviz.faithfulness`, on the same
+    maps): ``pointing_game_box`` / ``pointing_game_mask`` (None without that ground truth) with
+    details in ``pointing_game``; with ``faithfulness`` also ``deletion_auc``, ``insertion_auc``
+    (``faithfulness_steps`` steps), ``average_drop``, ``increase_in_confidence``,
+    ``average_gain`` of the ground-truth class. ``autocast`` ("bf16", "fp16") runs the network's
+    pass in reduced precision. ``checkpoint``: a folder for the partial scores (every
+    ``checkpoint_every`` batches; removed when done); ``distributed``: inside an initialised
+    process group, score this rank's shard and merge (False: this process scores all).
 
     Example:
         >>> from pathlib import Path

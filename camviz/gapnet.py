@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
+from camviz.exactness import check_exact, folded_head, rel_tolerance
 from camviz.fingerprints import module_fingerprint, state_version
 from camviz.hooks import capture, eval_mode
 from camviz.images import Preprocess, to_batch
@@ -33,42 +34,43 @@ from camviz.maps import POOLS, global_pool
 from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
 from camviz.result import CamResult
 
-__all__ = ["GapNet", "resolve_device", "check_exact", "tolerance", "folded_head",
-           "replace_submodule", "trunk_fingerprint",
-           "REL_TOL", "REL_TOL_TF32", "REL_TOL_AUTOCAST", "ABS_TOL"]
+__all__ = ["GapNet", "resolve_device", "replace_submodule", "trunk_fingerprint"]
 
 Tensor = torch.Tensor
 
-#: Relative tolerance of the exactness check in float32: the logit and ``head(pool(F))`` are
-#: the same dot products summed in another order, whose error is a few ulps (1.2e-7 each) of
-#: the sum of |terms|; 1e-4 of that sum leaves room for K up to ~10^4 terms.
-REL_TOL = 1e-4
-#: On CUDA with TF32 matmuls allowed, products keep 10 mantissa bits (2^-11 = 4.9e-4 each).
-REL_TOL_TF32 = 5e-3
-#: Under bf16/fp16 autocast the network's own logits carry 8-bit (bf16) mantissas: 2^-8 = 3.9e-3
-#: per product, accumulated; 3e-2 of the sum of |terms| is what such a pass may miss by.
-REL_TOL_AUTOCAST = 3e-2
-#: Absolute floor, for logits whose terms nearly all vanish (a dead feature map).
-ABS_TOL = 1e-5
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``.
+    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is checked: an unknown device,
+    or one this machine lacks, raises :class:`CamvizError` saying what to use.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps
     """
-    if isinstance(device, torch.device):
-        return device
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps" if has_mps else "cpu")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CamvizError(
+            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CamvizError(f"CUDA is not available on this machine (device {device!r}); use "
+                          "cpu, or auto to take the best device there is")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise CamvizError(f"there is no {dev}: this machine has {torch.cuda.device_count()} "
+                          "CUDA device(s)")
+    if dev.type == "mps" and not has_mps:
+        raise CamvizError("MPS is not available on this machine; use cpu or auto")
+    return dev
 
 
 class _Composed(nn.Module):
@@ -79,19 +81,14 @@ class _Composed(nn.Module):
         self.features, self.head, self.pool = features, head, pool
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(global_pool(self.features(x), self.pool))
-
-
-def tolerance(pooled: Tensor, weight: Tensor, bias: Tensor, rel: float) -> Tensor:
-    """How far ``pooled @ weight.T + bias`` may lie from the logits: ``rel`` times the sum of
-    |terms| (a dot product's float error scales with it, not with the result) plus ABS_TOL.
-
-    Example:
-        >>> round(float(tolerance(torch.ones(1, 2), torch.ones(1, 2), torch.zeros(1), 0.5)), 5)
-        1.00001
-    """
-    scale = pooled.abs() @ weight.abs().T + bias.abs()
-    return rel * scale + ABS_TOL
+        f = self.features(x)
+        if not isinstance(f, Tensor) or f.ndim != 4:
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise NotAGapNetwork(
+                f"`features` gave {shape}, not a (B, K, h, w) conv feature map; give GapNet "
+                "the module whose output is the last conv map (before any pooling)"
+            )
+        return self.head(global_pool(f, self.pool))
 
 
 def _autocast_dtype(autocast: str | torch.dtype | None) -> torch.dtype | None:
@@ -152,6 +149,7 @@ class GapNet:
         if adapter.pool not in POOLS:
             raise CamvizError(f"pool must be one of {POOLS}, got {adapter.pool!r}")
         self.device = resolve_device(device)
+        _check_float32(model)
         self.model = model.to(self.device)
         self.adapter = adapter
         self.transform = transform
@@ -281,7 +279,7 @@ class GapNet:
         pooled = global_pool(feats, self.pool)
         recon = pooled @ w.T + b
         if check:
-            check_exact(recon, out, pooled, w, b, _rel_tolerance(self.device, autocast))
+            check_exact(recon, out, pooled, w, b, rel_tolerance(self.device, autocast))
         logits = recon if autocast is not None else out
         return feats, logits, w, b
 
@@ -383,27 +381,6 @@ def trunk_fingerprint(net: GapNet) -> str:
     return cached[1]
 
 
-def folded_head(lin: nn.Linear, norm: nn.Module | None) -> tuple[Tensor, Tensor]:
-    """The head (W, b) in float32, with a LayerNorm ``norm`` applied to the pooled vector
-    before ``lin`` folded in: ``W * gamma`` and ``b + W beta`` (the per-image centring and
-    scaling are folded into F by the pass).
-
-    Example:
-        >>> lin, ln = nn.Linear(2, 1), nn.LayerNorm(2)
-        >>> w, b = folded_head(lin, ln)
-        >>> torch.equal(w, lin.weight.detach() * ln.weight.detach())
-        True
-    """
-    w = lin.weight.detach().float()
-    b = (lin.bias.detach().float() if lin.bias is not None
-         else torch.zeros(lin.out_features, device=lin.weight.device))
-    if norm is not None and getattr(norm, "bias", None) is not None:
-        b = b + w @ norm.bias.detach().float()
-    if norm is not None and getattr(norm, "weight", None) is not None:
-        w = w * norm.weight.detach().float()[None, :]
-    return w, b
-
-
 def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` with the submodule at dotted ``path`` replaced by ``new``:
     the modules on the path are copied (their own attributes kept), every other module is
@@ -425,42 +402,6 @@ def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return root
 
 
-def _rel_tolerance(device: torch.device, autocast: torch.dtype | None) -> float:
-    if autocast is not None:
-        return REL_TOL_AUTOCAST
-    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-        return REL_TOL_TF32
-    return REL_TOL
-
-
-def check_exact(recon: Tensor, out: Tensor, pooled: Tensor, w: Tensor, b: Tensor,
-                rel: float = REL_TOL) -> None:
-    """Raise :class:`NotExact` unless ``recon = pooled @ w.T + b`` equals the network's logits
-    ``out`` within :func:`tolerance` (or the logits are not finite).
-
-    Example:
-        >>> p, w, b = torch.ones(1, 2), torch.ones(3, 2), torch.zeros(3)
-        >>> check_exact(p @ w.T + b, torch.full((1, 3), 2.0), p, w, b)
-        >>> check_exact(p @ w.T + b, torch.full((1, 3), 2.5), p, w, b)
-        Traceback (most recent call last):
-        ...
-        camviz.errors.NotExact: pooled features through the head miss the logits by up to 0.5 ...
-    """
-    if not bool(torch.isfinite(out).all()):
-        raise NotExact(
-            "the network's logits are not finite (NaN or infinity): check the input for NaN "
-            "or infinite values and the weights for overflow"
-        )
-    err = (recon - out).abs()
-    tol = tolerance(pooled, w, b, rel)
-    if not bool((err <= tol).all()):
-        worst = float((err - tol).amax())
-        raise NotExact(
-            f"pooled features through the head miss the logits by up to "
-            f"{float(err.amax()):.3g} (over tolerance by {worst:.3g})"
-        )
-
-
 def _call(model: nn.Module, x: Tensor, autocast: torch.dtype | None) -> Any:
     """``model(x)`` (under autocast); an input too small for the network is an ImageError."""
     try:
@@ -478,6 +419,16 @@ def _call(model: nn.Module, x: Tensor, autocast: torch.dtype | None) -> Any:
                 "the image (a transform with a resize does this)."
             ) from err
         raise
+
+
+def _check_float32(model: nn.Module) -> None:
+    odd = {p.dtype for p in model.parameters() if p.dtype != torch.float32}
+    if odd:
+        raise CamvizError(
+            f"the model's parameters are {sorted(str(d) for d in odd)}, not float32: give the "
+            "float32 model (model.float()) and run it in reduced precision with "
+            "net.run(x, autocast='bf16' or 'fp16'), which keeps the maps exact"
+        )
 
 
 def _from_parts(

@@ -38,16 +38,19 @@ def _pair(v: int | Sequence[int] | None) -> tuple[int, int] | None:
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, exif: bool = True) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB without clipping 16-bit data or dropping alpha badly.
 
     Transparent pixels are composited on white; 16- and 32-bit images are scaled, not clipped.
+    ``exif``: turn the image upright by its EXIF orientation tag (photos); False keeps the
+    stored frame (what box annotations and the WSOL reference use).
 
     Example:
         >>> to_rgb(Image.new("L", (4, 4))).mode
         'RGB'
     """
-    img = ImageOps.exif_transpose(img)
+    if exif:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -67,8 +70,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], exif: bool = True) -> Image.Image:
     """Open an image file as 8-bit RGB, or raise :class:`ImageError` saying what is wrong.
+
+    ``exif``: turn photos upright by their EXIF orientation (False: the stored frame, as
+    annotations and the WSOL reference read it).
 
     Example:
         >>> load_image("missing.png")
@@ -84,11 +90,13 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(p) as img:
             img.load()
-            rgb = to_rgb(img)
+            rgb = to_rgb(img, exif=exif)
     except (UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ImageError(f"not a readable image: {p} ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt or truncated image: {p} ({err})") from err
+    except Exception as err:  # a decoder's own failure on a malformed file (untrusted input)
+        raise ImageError(f"corrupt image: {p} ({type(err).__name__}: {err})") from err
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"empty image: {p}")
     return rgb

@@ -68,6 +68,13 @@ class Units:
         return self.total + self.bias
 
 
+def _count(k: int, name: str) -> int:
+    k = int(k)
+    if k < 1:
+        raise CamvizError(f"{name} must be at least 1, got {k}")
+    return k
+
+
 @dataclass
 class CamResult:
     """One forward pass. Built by :meth:`camviz.GapNet.run`; cheap to query, never re-runs.
@@ -89,9 +96,7 @@ class CamResult:
     classes: list[str]
     inputs: Tensor | None = None
     transform: Preprocess | None = None
-    #: fingerprint of the network's trunk (:func:`camviz.gapnet.trunk_fingerprint`): unit
-    #: statistics of another network are refused by :func:`camviz.units.unit_masks`
-    trunk: str | None = None
+    trunk: str | None = None  # the net's camviz.gapnet.trunk_fingerprint (for unit statistics)
 
     def __len__(self) -> int:
         return self.logits.shape[0]
@@ -121,7 +126,7 @@ class CamResult:
             >>> res.topk(2).names
             [['b', 'c']]
         """
-        k = min(int(k), self.logits.shape[1])
+        k = min(_count(k, "k"), self.logits.shape[1])
         probs, idx = self.probs.topk(k, dim=1)
         names = [[self.classes[i] for i in row] for row in idx.tolist()]
         return TopK(probs, idx, names)
@@ -174,9 +179,10 @@ class CamResult:
             return self.input_size
         if isinstance(size, str):
             raise CamvizError(f"size must be None, an int, (H, W) or 'input', got {size!r}")
-        if isinstance(size, int):
-            return (size, size)
-        return (int(size[0]), int(size[1]))
+        hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+        if len(hw) != 2 or min(hw) < 1:
+            raise CamvizError(f"size must be positive (an int or (H, W)), got {size!r}")
+        return hw
 
     def cams(
         self, classes: ClassSpec = None, size: SizeSpec = None, normalize: bool = False
@@ -232,7 +238,7 @@ class CamResult:
         w = self.weight[c]  # (B, K)
         pooled = self.pooled()
         contrib = w * pooled
-        k = min(int(k), w.shape[1])
+        k = min(_count(k, "k"), w.shape[1])
         score = w if order == "weight" else contrib
         ids = score.topk(k, dim=1).indices
         b = torch.arange(len(self), device=self.device)[:, None]
@@ -259,6 +265,9 @@ class CamResult:
             torch.Size([1, 2, 8, 8])
         """
         ids_t = torch.as_tensor(ids, device=self.device, dtype=torch.long)
+        k = self.features.shape[1]
+        if ids_t.numel() and (int(ids_t.min()) < 0 or int(ids_t.max()) >= k):
+            raise CamvizError(f"unit ids must lie in 0..{k - 1}, got {ids_t.tolist()}")
         maps = (
             self.features[:, ids_t]
             if ids_t.ndim == 1
@@ -296,10 +305,16 @@ class CamResult:
             >>> len(res.select([0, 2]))
             2
         """
+        n = len(self)
         if isinstance(index, int):
-            index = slice(index, index + 1)
+            if not -n <= index < n:
+                raise CamvizError(f"image {index} out of range: this result has {n} image(s)")
+            index = slice(index % n, index % n + 1)
         elif not isinstance(index, slice):
-            index = torch.as_tensor(list(index), device=self.device, dtype=torch.long)
+            ids = [int(i) for i in index]
+            if any(not -n <= i < n for i in ids):
+                raise CamvizError(f"images {ids} out of range: this result has {n} image(s)")
+            index = torch.as_tensor(ids, device=self.device, dtype=torch.long)
         return CamResult(
             logits=self.logits[index],
             features=self.features[index],

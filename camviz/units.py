@@ -33,16 +33,20 @@ __all__ = ["class_index", "class_units", "threshold_masks", "unit_masks", "unit_
 
 
 def class_index(classes: Sequence[str], cls: int | str) -> int:
-    """The index of class ``cls`` (a name or an index) among ``classes``, checked.
+    """A class given by name or index -> its index (CamvizError when unknown).
 
     Example:
-        >>> class_index(["cat", "dog"], "dog"), class_index(["cat", "dog"], 0)
-        (1, 0)
+        >>> class_index(["cat", "dog"], "dog")
+        1
     """
     if isinstance(cls, str):
-        if cls not in classes:
-            raise CamvizError(f"unknown class {cls!r}; classes are {list(classes)[:20]}...")
-        return list(classes).index(cls)
+        if cls in classes:
+            return list(classes).index(cls)
+        if cls.isdigit() and int(cls) < len(classes):
+            return int(cls)
+        shown = ", ".join(list(classes)[:12]) + (", ..." if len(classes) > 12 else "")
+        raise CamvizError(f"unknown class {cls!r}; the network's {len(classes)} classes are "
+                          f"{shown}")
     c = int(cls)
     if not 0 <= c < len(classes):
         raise CamvizError(f"class index {c} out of range 0..{len(classes) - 1}")

@@ -458,7 +458,7 @@ def _build(arr: dict[str, np.ndarray], info: dict[str, Any], device: str | torch
     )
 
 
-def check_match(stats: UnitStats, source: GapNet | CamResult) -> None:
+def check_match(stats: Any, source: GapNet | CamResult) -> None:
     """Refuse unit statistics of another network: ``source`` (a GapNet, or the CamResult of
     one of its passes) must have the units the statistics describe, and the trunk fingerprint
     the scan recorded (``stats.meta["trunk"]``; a new head on the same trunk is the same
@@ -478,10 +478,11 @@ def check_match(stats: UnitStats, source: GapNet | CamResult) -> None:
         units, trunk = int(source.features.shape[1]), source.trunk
     else:
         units, trunk = source.num_units, trunk_fingerprint(source)
-    if stats.num_units != units:
+    if getattr(stats, "num_units", units) != units:
         raise CamvizError(f"these unit statistics describe {stats.num_units} units, the network "
                           f"has {units}; scan this network: camviz.scan(net, dataset)")
-    theirs = stats.meta.get("trunk")
+    meta = getattr(stats, "meta", None)
+    theirs = meta.get("trunk") if isinstance(meta, dict) else None
     if theirs is not None and trunk is not None and theirs != trunk:
         raise CamvizError(
             f"these unit statistics were scanned with another network (trunk fingerprint "

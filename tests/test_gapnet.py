@@ -119,7 +119,7 @@ def test_batch_equals_one_by_one() -> None:
     # differ by float error, which scales with the sum of |w_ck f_k|, not with the map value
     terms = torch.einsum("ck,bkhw->bchw", net.head_weight[[0, 3, 6]].abs(), res.features.abs())
     scale = torch.nn.functional.interpolate(terms, size=64, mode="bilinear")
-    assert bool(((batch - single).abs() <= camviz.gapnet.REL_TOL * scale + 1e-6).all())
+    assert bool(((batch - single).abs() <= camviz.exactness.REL_TOL * scale + 1e-6).all())
 
 
 def test_gmp_network_identity_uses_the_max(tiny_net: camviz.GapNet) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,7 +26,14 @@ from camviz.errors import CamvizError
 __all__ = ["build_parser", "main", "COMMANDS"]
 
 #: Modules that add subcommands, each with ``register(subparsers)``.
-COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units"]
+COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units", "camviz.cli.figure"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"camviz: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> sorted(build_parser()._subparsers._group_actions[0].choices)[:3]
         ['demo', 'dissect', 'eval']
     """
-    parser = argparse.ArgumentParser(prog="camviz", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="camviz", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in COMMANDS:
         importlib.import_module(mod).register(sub)
@@ -45,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn any CamvizError into a one-line message and exit 2."""
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler's stop) unwinds like an interrupt, so partial files are removed
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args) or 0)
     except CamvizError as err:
@@ -53,3 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camviz: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -37,6 +37,9 @@ def _table(out: dict[str, Any], model: str, data: str) -> str:
         lines.append(f"  failed (left out): {len(out['failed'])}, e.g. {out['failed'][0]}")
     if out.get("PxAP_error"):
         lines.append(f"  PxAP: none ({out['PxAP_error']})")
+    if out.get("size_mismatch"):
+        lines.append(f"  stored size differs from image_sizes.txt: {len(out['size_mismatch'])}, "
+                     f"e.g. {out['size_mismatch'][0]} (boxes were scaled from the listed size)")
     rows = [
         ("top-1 cls", "top1_cls"),
         ("top-5 cls", "top5_cls"),
@@ -132,6 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 0 if out["images"] else 1
     if not args.curves:
         out.pop("curves", None)
+        out.pop("pxap_curve", None)
     if args.json:
         out = {"model": args.model, "data": args.data, **out}
         print(json.dumps(out, allow_nan=False))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from camviz.datasets import SkipBad, collate, item_name
-from camviz.distributed import merge_on_all, pack, shard, together, unpack, world
+from camviz.distributed import Heartbeat, merge_on_all, pack, shard, together, unpack, world
 from camviz.errors import DatasetError
 from camviz.units import class_units, threshold_masks
 from camviz.unitstats import UnitStats, check_match
@@ -328,6 +328,8 @@ def dissect(
                             num_workers=num_workers,
                             collate_fn=partial(_parts_batch, transform=net.transform))
         bar = _bar(progress, len(items))
+        hb = Heartbeat("camviz dissect")
+        hb.start(len(loader))
         try:
             for batch in loader:
                 t.failed += [list(f) for f in batch["failed"]]
@@ -335,6 +337,10 @@ def dissect(
                     _add_batch(t, net.run(batch["image"].to(dev)), batch["parts"], thresholds,
                                mask_size)
                 bar.update(len(batch["failed"]) + len(batch.get("parts", [])))
+                hb.batch_done()
+        except BaseException:
+            hb.failed()
+            raise
         finally:
             bar.close()
     if size > 1:

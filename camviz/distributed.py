@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ import torch.distributed as dist
 from camviz.errors import CamvizError
 
 __all__ = ["world", "shard", "pack", "unpack", "broadcast_bytes", "all_gather_bytes", "share",
-           "together", "merge_on_all", "joined", "timeout_seconds"]
+           "together", "Heartbeat", "merge_on_all", "joined", "timeout_seconds"]
 
 T = TypeVar("T")
 
@@ -261,20 +262,89 @@ def together(what: str) -> Iterator[None]:
         yield
     except BaseException as err:  # noqa: BLE001 - every rank must reach the agreement below
         error = err
-    note = None if error is None else f"{type(error).__name__}: {error}"
+    note = None if error is None else {"error": f"{type(error).__name__}: {error}",
+                                       "peer": isinstance(error, _PeerFailed)}
     try:
         notes = [json.loads(m) for m in all_gather_bytes(json.dumps(note).encode())]
     except CamvizError:
         if error is not None:
             raise error from None
         raise
-    if error is not None:
+    if error is not None and not isinstance(error, _PeerFailed):
         raise error
-    bad = [(r, m) for r, m in enumerate(notes) if m is not None]
+    bad = [(r, m) for r, m in enumerate(notes) if m is not None and not m["peer"]]
     if bad:
         r, m = bad[0]
-        raise CamvizError(f"{what}: rank {r} of {size} failed ({m}); every rank stops. Fix it "
-                          "and rerun the same command: checkpoints written so far are kept")
+        raise CamvizError(f"{what}: rank {r} of {size} failed ({m['error']}); every rank stops. "
+                          "Fix it and rerun the same command: checkpoints written so far are "
+                          "kept")
+    if error is not None:
+        raise error
+
+
+class _PeerFailed(CamvizError):
+    """Another rank failed (this one learnt it at a heartbeat)."""
+
+
+class Heartbeat:
+    """Ranks tell each other every ``every`` batches that they are fine, so that a rank whose
+    pass fails stops the others within ``every`` batches rather than at the end of their shards.
+
+    Every rank calls :meth:`start` (with its batches still to do, or None when it failed
+    before its loop), :meth:`batch_done` after each batch, and :meth:`failed` when its loop
+    raised; the beats are the first ``min(remaining) // every`` multiples of ``every``, the same
+    number on every rank, so the collectives always pair up. Alone it does nothing.
+
+    Example:
+        >>> hb = Heartbeat("a test", every=2); hb.start(5); hb.batch_done(); hb.beats
+        0
+    """
+
+    def __init__(self, what: str, every: int = 50) -> None:
+        rank, self.size = world()
+        self.what, self.every = what, max(int(every), 0)
+        self.active = self.size > 1 and self.every > 0
+        self.done = self.beats = self.total = 0
+        self.stopped = False
+
+    def start(self, remaining: int | None) -> None:
+        """Agree on the number of beats; None: this rank failed already (every rank stops)."""
+        if not self.active:
+            return
+        if remaining is None:
+            self.stopped = True
+            with contextlib.suppress(CamvizError):
+                all_gather_bytes(b"F")
+            return
+        counts = all_gather_bytes(str(int(remaining)).encode())
+        self._check(counts, alive=True)
+        self.total = min(int(c) for c in counts) // self.every
+
+    def batch_done(self) -> None:
+        """One more batch done; beat (a collective) when it is a beat's turn."""
+        if self.active:
+            self.done += 1
+            if self.done % self.every == 0 and self.beats < self.total:
+                self._beat(True)
+
+    def failed(self) -> None:
+        """This rank's loop raised: tell the others at their next beat (if one is left and the
+        failure is not another rank's, which every rank learnt at the same beat)."""
+        if self.active and not self.stopped and self.beats < self.total:
+            self.stopped = True
+            with contextlib.suppress(CamvizError):  # the others may be gone already
+                self._beat(False)
+
+    def _beat(self, ok: bool) -> None:
+        self.beats += 1
+        self._check(all_gather_bytes(b"1" if ok else b"F"), alive=ok)
+
+    def _check(self, flags: list[bytes], alive: bool) -> None:
+        bad = [r for r, f in enumerate(flags) if f == b"F"]
+        if bad and alive:
+            self.stopped = True
+            raise _PeerFailed(f"{self.what}: rank {bad[0]} of {self.size} failed (its own "
+                              "output says why); every rank stops")
 
 
 def merge_on_all(local: T, to_bytes: Callable[[T], bytes], from_bytes: Callable[[bytes], T],

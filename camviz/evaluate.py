@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.checkpoints import Checkpoint
 from camviz.datasets import SkipBad, WsolDataset, WsolMetadata, collate
-from camviz.distributed import merge_on_all, shard, share, together, world
+from camviz.distributed import Heartbeat, merge_on_all, shard, share, together, world
 from camviz.errors import CamvizError, DatasetError
 from camviz.faithfulness import EvalFaithfulness
 from camviz.fingerprints import dataset_fingerprint, model_fingerprint
@@ -391,26 +391,38 @@ def _score_shard(net: GapNet, ds: WsolDataset, meta: WsolMetadata, idx: list[int
                  size: tuple[int, int]) -> Scores:
     """Score the items ``idx`` of ``ds`` into ``scores``, resuming from and writing ``ckpt``."""
     done = 0
-    got = ckpt.load() if ckpt is not None else None
-    if got is not None:
-        scores.load_state_dict(json.loads(str(got[0]["scores"])))
-        done = int(got[1]["done"])
+    hb = Heartbeat("camviz eval", every or 50)
+    try:
+        got = ckpt.load() if ckpt is not None else None
+        if got is not None:
+            scores.load_state_dict(json.loads(str(got[0]["scores"])))
+            done = int(got[1]["done"])
+    except BaseException:
+        hb.start(None)
+        raise
+    hb.start(-(-(len(idx) - done) // batch_size))
     safe = SkipBad(_Labelled(ds, net.num_classes), describe=lambda i: meta[i].image_id)
     loader = DataLoader(Subset(safe, idx[done:]), batch_size=batch_size, collate_fn=collate,
                         num_workers=num_workers)
     bar = _bar(progress, len(idx), done)
-    with torch.inference_mode():
-        for b, batch in enumerate(loader):
-            scores.failed += [list(f) for f in batch["failed"]]
-            if "image" in batch:
-                scores.update(net.run(batch["image"], autocast=autocast), batch, size)
-            n = len(batch.get("label", [])) + len(batch["failed"])
-            done += n
-            bar.update(n)
-            if ckpt is not None and every and (b + 1) % every == 0 and done < len(idx):
-                ckpt.save({"scores": np.array(json.dumps(scores.state_dict()))},
-                          {"done": done})
-    bar.close()
+    try:
+        with torch.inference_mode():
+            for b, batch in enumerate(loader):
+                scores.failed += [list(f) for f in batch["failed"]]
+                if "image" in batch:
+                    scores.update(net.run(batch["image"], autocast=autocast), batch, size)
+                n = len(batch.get("label", [])) + len(batch["failed"])
+                done += n
+                bar.update(n)
+                if ckpt is not None and every and (b + 1) % every == 0 and done < len(idx):
+                    ckpt.save({"scores": np.array(json.dumps(scores.state_dict()))},
+                              {"done": done})
+                hb.batch_done()
+    except BaseException:
+        hb.failed()
+        raise
+    finally:
+        bar.close()
     return scores
 
 

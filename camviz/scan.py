@@ -48,7 +48,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.checkpoints import Checkpoint
 from camviz.datasets import SkipBad, as_item, collate, item_name
-from camviz.distributed import broadcast_bytes, merge_on_all, pack, share, together, unpack, world
+from camviz.distributed import (
+    Heartbeat,
+    broadcast_bytes,
+    merge_on_all,
+    pack,
+    share,
+    together,
+    unpack,
+    world,
+)
 from camviz.distributed import shard as shard_of
 from camviz.errors import CamvizError, DatasetError
 from camviz.files import remove_stale_temps
@@ -181,13 +190,19 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
                 ckpt: Checkpoint | None, every: int) -> UnitStats:
     """Scan ``items`` of ``dataset`` into ``stats``, resuming from and writing ``ckpt``."""
     done, failed = 0, []
-    got = ckpt.load() if ckpt is not None else None
-    if got is not None:
-        stats = from_state_arrays(got[0], net.device, where=str(ckpt.path))
-        done, failed = int(got[1]["done"]), list(got[1]["failed"])
+    hb = Heartbeat("camviz scan", every or 50)
+    try:
+        got = ckpt.load() if ckpt is not None else None
+        if got is not None:
+            stats = from_state_arrays(got[0], net.device, where=str(ckpt.path))
+            done, failed = int(got[1]["done"]), list(got[1]["failed"])
+    except BaseException:
+        hb.start(None)
+        raise
     resumed = done
     name = partial(item_name, dataset)
     todo = range(items.start + done, items.stop)
+    hb.start(-(-len(todo) // batch_size))
     loader = make_loader(Subset(SkipBad(_Numbered(dataset), describe=name), todo),
                          getattr(net, "transform", None), batch_size, num_workers,
                          pin_memory=net.device.type == "cuda")
@@ -210,6 +225,10 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
             if ckpt is not None and every and (b + 1) % every == 0 and done < len(items):
                 stats.meta = {"items": items.stop}  # top-k holds dataset indices up to there
                 ckpt.save(state_arrays(stats), {"done": done, "failed": failed})
+            hb.batch_done()
+    except BaseException:
+        hb.failed()
+        raise
     finally:
         bar.close()
     stats.meta = {"failed": failed, "items": items.stop, "resumed": resumed}

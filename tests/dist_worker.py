@@ -5,7 +5,9 @@
 CASE "all": scan, evaluate and dissect the demo fixture with the bundled demo net through the
 public API inside a gloo process group; rank 0 writes the results to OUT_DIR. CASE "raise",
 "die", "hang": rank 1 fails in its dataset (an exception, os._exit, blocking forever); every
-rank that returns writes what it raised to OUT_DIR/rank<R>.txt.
+rank that returns writes what it raised to OUT_DIR/rank<R>.txt. CASE "early": batches of 2 and
+a heartbeat every batch; rank 1 raises in its second batch, rank 0 writes how many items it
+read to OUT_DIR/reads.txt.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ class Failing(torch.utils.data.Dataset):
     """The fixture's parts dataset, where rank 1's first item fails in the way asked."""
 
     def __init__(self, ds, how: str, rank: int) -> None:
-        self.ds, self.how, self.rank = ds, how, rank
+        self.ds, self.how, self.rank, self.reads = ds, how, rank, 0
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int):
+        self.reads += 1
+        if self.how == "early" and self.rank == 1 and self.reads == 3:
+            raise RuntimeError("the disk went away")
         if self.rank == 1:
             if self.how == "raise":
                 raise RuntimeError("the disk went away")  # not an item failure: the job fails
@@ -69,6 +74,13 @@ def main() -> None:
                 (out / "eval.json").write_text(json.dumps(scores))
                 np.savez(out / "dissect.npz", inter=d.intersection.numpy(),
                          union=d.union.numpy(), parts=np.array(d.parts))
+        elif case == "early":
+            data = Failing(parts, case, rank)
+            try:
+                camviz.scan(net, data, batch_size=2, cache=False, progress=False,
+                            checkpoint_every=1)
+            finally:
+                (out / f"reads{rank}.txt").write_text(str(data.reads))
         else:
             camviz.scan(net, Failing(parts, case, rank), batch_size=BATCH, cache=False,
                         progress=False)

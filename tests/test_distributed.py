@@ -177,3 +177,14 @@ def test_torchrun_camviz_scan_writes_once_what_one_process_writes(tmp_path):
     assert torch.equal(a.top.indices, b.top.indices) and torch.equal(a.top.values, b.top.values)
     assert torch.equal(a.pred_count, b.pred_count) and b.meta["ranks"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.npz", "two.npz"]
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_others_at_the_next_heartbeat(tmp_path):
+    assert _ranks("early", tmp_path) == [1, 1]
+    assert _said(tmp_path, 1) == "RuntimeError: the disk went away"
+    assert _said(tmp_path, 0).startswith(
+        "CamvizError: camviz scan: rank 1 of 2 failed (RuntimeError: the disk went away); every "
+        "rank stops.")
+    # rank 0 has 8 batches of 2; it heard at the beat after rank 1's second batch, not at the end
+    assert int((tmp_path / "reads0.txt").read_text()) <= 6

@@ -56,9 +56,12 @@ def worker(rank: int, world: int, port: str, n: int, out: str, batch: int) -> No
     t, c = time.perf_counter(), time.process_time()
     stats = camviz.scan(net, data, batch_size=batch, cache=False, progress=False)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    # the merge alone, as scan does it, on this rank's own shard state
-    mine = camviz.scan(net, torch.utils.data.Subset(data, shard(n, batch, rank, world)),
-                       batch_size=batch, cache=False, progress=False, distributed=False)
+    # the rank's pass alone (its shard, no group), then the merge alone, as scan does it
+    items = shard(n, batch, rank, world)
+    c0 = time.process_time()
+    mine = camviz.scan(net, torch.utils.data.Subset(data, items), batch_size=batch,
+                       cache=False, progress=False, distributed=False)
+    shard_cpu = (time.process_time() - c0) / max(len(items), 1)
     if world > 1:
         dist.barrier()
     t, c = time.perf_counter(), time.process_time()
@@ -68,7 +71,7 @@ def worker(rank: int, world: int, port: str, n: int, out: str, batch: int) -> No
     state_bytes = len(pack(state_arrays(mine)))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
     Path(out).write_text(json.dumps({"rank": rank, "wall": wall, "cpu": cpu, "merge": merge,
-                                     "merge_cpu": merge_cpu,
+                                     "merge_cpu": merge_cpu, "shard_cpu": shard_cpu,
                                      "samples": stats.quantiles.num_samples,
                                      "images": stats.num_images, "state_bytes": state_bytes,
                                      "rss": rss}))
@@ -124,9 +127,10 @@ def main() -> None:
         merge = statistics.median(max(x["merge"] for x in r) for r in rs)
         merge_cpu = statistics.median(max(x["merge_cpu"] for x in r) for r in rs)
         scan_cpu = statistics.median(max(x["cpu"] for x in r) for r in rs)
+        shard_cpu = statistics.median(statistics.mean(x["shard_cpu"] for x in r) for r in rs)
         rows[world] = {"wall_s": wall, "images_per_s": n / wall, "cpu_s_per_image_rank": cpu,
                        "merge_s": merge, "merge_share": merge / wall, "merge_cpu_s": merge_cpu,
-                       "merge_cpu_share": merge_cpu / scan_cpu,
+                       "merge_cpu_share": merge_cpu / scan_cpu, "pass_cpu_per_image": shard_cpu,
                        "state_mb": rs[0][0]["state_bytes"] / 2**20}
     rows[2]["speedup"] = rows[2]["images_per_s"] / rows[1]["images_per_s"]
     rows[2]["cpu_overhead_per_rank"] = rows[2]["cpu_s_per_image_rank"] / rows[1][
@@ -144,6 +148,12 @@ def main() -> None:
               f"{r['merge_cpu_s'] * 1e3:.0f} ms | {r['merge_cpu_share'] * 100:.2f}% |")
     print(f"CPU per image of a rank of 2 vs 1 process: {rows[2]['cpu_overhead_per_rank']:+.1%}; "
           f"state exchanged per rank {rows[2]['state_mb']:.1f} MB")
+    p1, p2 = rows[1]["pass_cpu_per_image"], rows[2]["pass_cpu_per_image"]
+    extra = (rows[2]["cpu_s_per_image_rank"] - p2) * n / 2
+    print(f"the pass alone (a rank's shard without the group): {p2 * 1e3:.2f} ms CPU per image "
+          f"with 2 processes running, {p1 * 1e3:.2f} ms with 1 ({p2 / p1 - 1:+.1%}); the rest of "
+          f"a rank's CPU (fingerprints, agreement, merge, waiting for the other rank): "
+          f"{extra * 1e3:.0f} ms per rank")
     for m, r in mem.items():
         print(f"one process, {m} ({r['images']} images): peak RSS {r['rss'] / 2**20:.0f} MiB, "
               f"state {r['state_bytes'] / 2**20:.1f} MB, {r['samples']} sketch samples per unit "

@@ -34,7 +34,7 @@ from camviz.adapters import (
 )
 from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
 from camviz.hooks import capture, eval_mode
-from camviz.images import Preprocess, to_batch
+from camviz.images import Preprocess, to_batch, to_batch_placed
 from camviz.maps import POOLS, global_pool
 from camviz.registry import adapter_for
 from camviz.result import CamResult
@@ -280,20 +280,27 @@ class GapNet:
         """
         return to_batch(images, self.transform).to(self.device)
 
-    def run(self, images: Any, autocast: str | torch.dtype | None = None) -> CamResult:
+    def run(self, images: Any, autocast: str | torch.dtype | None = None,
+            view: str = "crop") -> CamResult:
         """One forward pass under inference mode; returns a :class:`camviz.result.CamResult`.
 
         ``images`` is a normalised tensor (B, 3, H, W), or a list of file paths, PIL images or
-        arrays (preprocessed with the network's transform). ``autocast`` ("bf16", "fp16") runs
-        the network in reduced precision; maps and logits are then computed in float32 from the
-        features, and checked against the network's own output at that precision.
+        arrays (preprocessed with the network's transform). ``view``: "crop" (the transform as
+        it is, e.g. a centre crop) or "whole" (the whole photo, the shorter side resized as the
+        transform does, no crop; photos of different shapes then need one run each). The
+        result's ``placements`` say where each input lies in its photo. ``autocast`` ("bf16",
+        "fp16") runs the network in reduced precision; maps and logits are then computed in
+        float32 from the features, and checked against the network's own output at that
+        precision.
 
         Example:
             >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 5), device="cpu")
             >>> net.run(torch.rand(2, 3, 8, 8)).logits.shape
             torch.Size([2, 5])
         """
-        x = self.prepare(images)
+        prep = (self.transform or Preprocess()).view(view)
+        x, places = to_batch_placed(images, prep)
+        x = x.to(self.device)
         if self.stride is not None and min(x.shape[-2:]) < self.stride:
             raise ImageError(
                 f"input of {x.shape[-2]}x{x.shape[-1]} pixels is smaller than the network's "
@@ -304,16 +311,8 @@ class GapNet:
             feats, logits, weight, bias = self._forward(
                 x, check=True, autocast=_autocast_dtype(autocast)
             )
-        return CamResult(
-            logits=logits,
-            features=feats,
-            weight=weight,
-            bias=bias,
-            pool=self.pool,
-            classes=self.classes,
-            inputs=x,
-            transform=self.transform,
-        )
+        return CamResult(logits=logits, features=feats, weight=weight, bias=bias, pool=self.pool,
+                         classes=self.classes, inputs=x, transform=prep, placements=places)
 
     def with_head(self, head: nn.Linear, classes: Sequence[str] | None = None) -> GapNet:
         """A GapNet with ``head`` in place of this one's final Linear, sharing every other module

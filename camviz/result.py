@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from camviz.errors import CamvizError
-from camviz.images import Preprocess
+from camviz.images import Placement, Preprocess
 from camviz.maps import global_pool, min_max, resize_min_max
 
 Tensor = torch.Tensor
@@ -72,6 +72,10 @@ class Units:
 class CamResult:
     """One forward pass. Built by :meth:`camviz.GapNet.run`; cheap to query, never re-runs.
 
+    To show a map over the photo the user gave (not the network input): ``placements[i]``
+    gives the photo's (H, W) ``size`` and the ``region`` (left, top, right, bottom) of it that
+    the input shows, and :meth:`photo_maps` gives the maps on that region's pixels.
+
     Example:
         >>> from camviz.gapnet import GapNet
         >>> from torch import nn
@@ -89,6 +93,9 @@ class CamResult:
     classes: list[str]
     inputs: Tensor | None = None
     transform: Preprocess | None = None
+    #: Where each input lies in its original photo (size, region), one per image; None when
+    #: the inputs were given as a normalised tensor.
+    placements: list[Placement] | None = None
 
     def __len__(self) -> int:
         return self.logits.shape[0]
@@ -308,4 +315,33 @@ class CamResult:
             classes=self.classes,
             inputs=None if self.inputs is None else self.inputs[index],
             transform=self.transform,
+            placements=None if self.placements is None else (
+                self.placements[index] if isinstance(index, slice)
+                else [self.placements[int(i)] for i in index.tolist()]),
         )
+
+    def photo_maps(self, i: int, classes: ClassSpec = None, normalize: bool = True,
+                   max_side: int | None = None) -> Tensor:
+        """The maps of image ``i`` on its original photo's pixels: (n, H, W) over
+        ``placements[i].region`` (the whole photo in the whole view; the crop's footprint in
+        the crop view, to be pasted at its (left, top)), upsampled bilinearly from the cells
+        and min-max normalised (``normalize``). ``max_side`` caps the longer side (the aspect
+        is kept), for display.
+
+        Example:
+            >>> from camviz.gapnet import GapNet
+            >>> from torch import nn
+            >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 3), device="cpu",
+            ...              transform=Preprocess(resize=16))
+            >>> res = net.run([np.zeros((30, 50, 3), np.uint8)], view="whole")
+            >>> res.placements[0].size, tuple(res.photo_maps(0, [0, 2]).shape)
+            ((30, 50), (2, 30, 50))
+        """
+        if self.placements is None:
+            raise CamvizError("this result has no photos (its inputs were a normalised tensor): "
+                              "run the network on paths, PIL images or arrays")
+        hw = self.placements[i].region_size
+        if max_side is not None and max(hw) > max_side:
+            scale = max_side / max(hw)
+            hw = (max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale)))
+        return self.select(i).cams(classes, size=hw, normalize=normalize)[0]

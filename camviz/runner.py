@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from camviz.errors import ImageError
@@ -25,10 +26,10 @@ from camviz.files import save_image
 from camviz.gapnet import GapNet
 from camviz.images import list_images, load_image
 from camviz.localize import paper_boxes
-from camviz.render import grid, overlay
+from camviz.render import draw_boxes, grid, overlay
 from camviz.result import CamResult
 
-__all__ = ["RESULTS", "image_keys", "run_images", "safe_name"]
+__all__ = ["RESULTS", "image_keys", "photo_overlay", "run_images", "safe_name"]
 
 RESULTS = "results.jsonl"
 
@@ -99,8 +100,15 @@ def run_images(
     cmap: str = "jet",
     retry_errors: bool = False,
     progress: bool = True,
+    view: str = "whole",
 ) -> dict[str, int]:
     """The ``camviz run`` job as a function; returns counts of done, skipped and failed images.
+
+    ``view``: "whole" runs each whole photo (the shorter side resized as the network's
+    transform does, no crop; photos of one size share a pass) and "crop" the transform as it
+    is (a centre crop). Either way the overlays are drawn over the photo at its own
+    resolution (in the crop view, the part the network did not see is greyed) and the JSON
+    boxes are in the photo's own pixels.
 
     Example:
         >>> run_images(net, ["photos/"], "out/photos")  # doctest: +SKIP
@@ -123,40 +131,80 @@ def run_images(
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
+        def fail(p: Path, key: str, err: ImageError) -> None:
+            write({"image": str(p), "key": key, "status": "error", "error": str(err)})
+            counts["failed"] += 1
+            bar.update(1)
+
         for chunk in _batches(todo, batch_size):
             ok: list[tuple[Path, str, Image.Image]] = []
             for p, key in chunk:
                 try:
                     ok.append((p, key, load_image(p)))
                 except ImageError as err:
-                    write({"image": str(p), "key": key, "status": "error", "error": str(err)})
-                    counts["failed"] += 1
-                    bar.update(1)
-            if not ok:
-                continue
-            try:
-                res = net.run([img for _, _, img in ok])
-            except ImageError:
-                # One bad image should not sink the batch: retry them one by one.
-                parts = []
-                for p, key, img in ok:
-                    try:
-                        parts.append((p, key, net.run([img])))
-                    except ImageError as err:
-                        write({"image": str(p), "key": key, "status": "error", "error": str(err)})
-                        counts["failed"] += 1
-                        bar.update(1)
-                for p, key, r in parts:
-                    _write_one(r, 0, p, key, out_dir, topk, alpha, cmap, write)
-                    counts["done"] += 1
-                    bar.update(1)
-                continue
-            for i, (p, key, _) in enumerate(ok):
-                _write_one(res, i, p, key, out_dir, topk, alpha, cmap, write)
+                    fail(p, key, err)
+            for p, key, img, res, i in _passes(net, ok, view, fail):
+                _write_one(res, i, p, key, out_dir, topk, alpha, cmap, write, img)
                 counts["done"] += 1
                 bar.update(1)
     bar.close()
     return counts
+
+
+def _passes(
+    net: GapNet, items: list[tuple[Path, str, Image.Image]], view: str, fail: Any
+) -> Iterator[tuple[Path, str, Image.Image, CamResult, int]]:
+    """Run loaded photos through the network, one pass per group of photos of one size (the
+    whole view keeps each photo's shape, so photos of different sizes cannot share a batch),
+    one by one when a group's pass fails (one bad image does not sink the others; ``fail`` is
+    told of each bad one). Yields (path, key, photo, result, index in the result)."""
+    groups: dict[Any, list[tuple[Path, str, Image.Image]]] = {}
+    for item in items:
+        groups.setdefault(item[2].size if view == "whole" else None, []).append(item)
+    for group in groups.values():
+        try:
+            res = net.run([img for _, _, img in group], view=view)
+        except ImageError:
+            res = None
+        if res is not None:
+            for i, (p, key, img) in enumerate(group):
+                yield p, key, img, res, i
+            continue
+        for p, key, img in group:
+            try:
+                one = net.run([img], view=view)
+            except ImageError as err:
+                fail(p, key, err)
+                continue
+            yield p, key, img, one, 0
+
+
+def photo_overlay(photo: np.ndarray, map01: np.ndarray, region: tuple[int, int, int, int],
+                  alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """A map over the photo at the photo's resolution: ``map01`` (the region's size) blended
+    over ``region`` (left, top, right, bottom) of ``photo``; outside the region (what a crop
+    left out) the photo is greyed.
+
+    Example:
+        >>> photo_overlay(np.zeros((4, 6, 3), np.uint8), np.ones((4, 6)), (0, 0, 6, 4)).shape
+        (4, 6, 3)
+    """
+    left, top, right, bottom = region
+    out = photo.copy()
+    if (left, top, right, bottom) != (0, 0, photo.shape[1], photo.shape[0]):
+        grey = photo.mean(axis=2, keepdims=True) * 0.5 + 64
+        out = np.repeat(grey, 3, axis=2).astype(np.uint8)
+    out[top:bottom, left:right] = overlay(photo[top:bottom, left:right], map01, alpha, cmap)
+    return out
+
+
+def _display(arr: np.ndarray, max_side: int = 448) -> np.ndarray:
+    h, w = arr.shape[:2]
+    if max(h, w) <= max_side:
+        return arr
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR))
 
 
 def _write_one(
@@ -169,38 +217,47 @@ def _write_one(
     alpha: float,
     cmap: str,
     write: Any,
+    photo_img: Image.Image,
 ) -> None:
     one = res.select(i)
     top = one.topk(topk)
-    maps_t = one.cams(top.indices, size="input", normalize=True)  # (1, k, H, W)
-    maps = maps_t[0].cpu().numpy()
-    image = one.images()[0]
+    place = one.placements[0]
+    maps_t = one.photo_maps(0, top.indices, normalize=True)  # (k, h, w) on the photo's pixels
+    left, top_px = place.region[:2]
+    boxes = paper_boxes(maps_t[None])[0] + maps_t.new_tensor([left, top_px, left, top_px])
+    maps = maps_t.cpu().numpy()
+    photo = np.asarray(photo_img)
     folder = out_dir / key
     folder.mkdir(parents=True, exist_ok=True)
     files, panels, labels = [], [], []
     for rank, (c, name, prob) in enumerate(
         zip(top.indices[0].tolist(), top.names[0], top.probs[0].tolist()), start=1
     ):
-        ov = overlay(image, maps[rank - 1], alpha=alpha, cmap=cmap)
+        ov = draw_boxes(photo_overlay(photo, maps[rank - 1], place.region, alpha, cmap),
+                        boxes[rank - 1 : rank].cpu(), width=max(2, min(photo.shape[:2]) // 150))
         fname = f"top{rank}_{c}_{safe_name(name, 40)}.png"
         save_image(Image.fromarray(ov), folder / fname)
         files.append(f"{key}/{fname}")
-        panels.append(ov)
+        panels.append(_display(ov))
         labels.append(f"{name} {prob:.2f}")
-    save_image(grid([image, *panels], ["input", *labels]), folder / "panel.png")
+    save_image(grid([_display(photo), *panels], ["input", *labels]), folder / "panel.png")
     rec: dict[str, Any] = {
         "image": str(path),
         "key": key,
         "status": "ok",
+        "view": "whole" if place.whole else "crop",
+        "image_size": list(place.size),
         "input_size": list(one.input_size),
+        "region": list(place.region),
         "top": [
             {"class": c, "name": n, "prob": round(float(p), 6)}
             for c, n, p in zip(top.indices[0].tolist(), top.names[0], top.probs[0].tolist())
         ],
         "overlays": files,
         "panel": f"{key}/panel.png",
-        "boxes": paper_boxes(maps_t)[0].tolist(),  # the paper's box of each top class's map
-        "box_space": "network input pixels, inclusive x0 y0 x1 y1, one per top class",
+        "boxes": boxes.round().long().tolist(),  # the paper's box of each top class's map
+        "box_space": "photo pixels (the original image's, image_size), inclusive x0 y0 x1 y1, "
+                     "one per top class",
     }
     write(rec)
 

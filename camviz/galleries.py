@@ -61,8 +61,11 @@ def units_on_image(
     k: int = 4,
     index: int = 0,
     level: float | None = None,
+    order: str = "weight",
 ) -> Image.Image:
-    """Panel: the top-``k`` units of class ``cls`` (by w_ck) masked on image ``index`` of ``res``.
+    """Panel: the top-``k`` units of class ``cls`` masked on image ``index`` of ``res``, ranked
+    by w_ck (``order="weight"``) or by their contribution to this image's logit
+    (``"contribution"``: the units that build this map).
 
     Each tile is captioned with the unit id, its weight and its share of logit - bias; a line
     under the panel says where the thresholds come from (``stats``: a scan's UnitStats, or
@@ -77,7 +80,7 @@ def units_on_image(
         True
     """
     c = class_index(res.classes, cls)
-    u = res.select(index).units(c, k=k, order="weight")
+    u = res.select(index).units(c, k=k, order=order)
     masks = unit_masks(res.select(index), stats, u.ids, level=level)[0]
     img = res.images()[index]
     tiles, labels = [img], [f"{res.classes[c]}"]

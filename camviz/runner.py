@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from camviz.errors import ImageError
+from camviz.errors import ImageError, MissingExtra
 from camviz.files import save_image
+from camviz.galleries import units_on_image
 from camviz.gapnet import GapNet
 from camviz.images import list_images, load_image
 from camviz.localize import paper_boxes
 from camviz.render import draw_boxes, grid, overlay
 from camviz.result import CamResult
 
-__all__ = ["RESULTS", "image_keys", "photo_overlay", "run_images", "safe_name"]
+__all__ = ["PHOTOS", "RESULTS", "image_keys", "photo_overlay", "photo_units", "run_demo",
+           "run_images", "safe_name", "write_photos"]
 
 RESULTS = "results.jsonl"
 
@@ -240,7 +242,7 @@ def _write_one(
         files.append(f"{key}/{fname}")
         panels.append(_display(ov))
         labels.append(f"{name} {prob:.2f}")
-    save_image(grid([_display(photo), *panels], ["input", *labels]), folder / "panel.png")
+    save_image(grid([_display(photo), *panels], ["photo", *labels]), folder / "panel.png")
     rec: dict[str, Any] = {
         "image": str(path),
         "key": key,
@@ -262,21 +264,83 @@ def _write_one(
     write(rec)
 
 
-def run_demo(out: str | os.PathLike[str], n: int = 6, device: str = "auto",
-             progress: bool = True) -> list[tuple[str, Path]]:
-    """``make demo``'s job: the bundled demo network on ``n`` demo-world images, into ``out``.
+#: Photos that scikit-image ships (no download): name -> how to get its pixels.
+PHOTOS = {
+    "chelsea": lambda d: d.chelsea(),
+    "coffee": lambda d: d.coffee(),
+    "rocket": lambda d: d.rocket(),
+    "motorcycle_left": lambda d: d.stereo_motorcycle()[0],
+    "astronaut": lambda d: d.astronaut(),
+}
 
-    Returns ``(what, folder)`` pairs, one per model run.
+
+def write_photos(folder: str | os.PathLike[str], names: Sequence[str] | None = None) -> list[Path]:
+    """Write photos that scikit-image ships (``PHOTOS``) as PNG files into ``folder``.
+
+    Example:
+        >>> import tempfile
+        >>> [p.name for p in write_photos(tempfile.mkdtemp(), ["coffee"])]
+        ['coffee.png']
+    """
+    import skimage.data
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names or list(PHOTOS):
+        path = out / f"{name}.png"
+        if not path.exists():
+            save_image(Image.fromarray(np.asarray(PHOTOS[name](skimage.data))), path)
+        paths.append(path)
+    return paths
+
+
+def photo_units(net: GapNet, paths: Sequence[Path], out: Path, k: int = 4) -> None:
+    """For each photo, ``<key>/units.png`` in ``out``: the ``k`` units that contribute most to
+    its top class's logit, masked on the whole photo, thresholds per image (no dataset to
+    scan; the panel says so).
+
+    Example:
+        >>> photo_units(net, [Path("cat.png")], Path("out/photos"))  # doctest: +SKIP
+    """
+    for path, key in zip(paths, image_keys(list(paths))):
+        res = net.run([load_image(path)], view="whole")
+        top = int(res.topk(1).indices[0, 0])
+        panel = units_on_image(res, "image", top, k=k, order="contribution")
+        save_image(panel, out / key / "units.png")
+
+
+def run_demo(out: str | os.PathLike[str], n: int = 6, device: str = "auto",
+             progress: bool = True) -> list[tuple[str, Path | None]]:
+    """``make demo``'s job, into ``out``: first the ImageNet network efficientnet_lite0 on
+    photos that scikit-image ships (per photo the top-5 class maps on the whole photo with
+    names, probabilities and boxes, and the top units of the top class), then the bundled
+    demo network on ``n`` demo-world images.
+
+    Returns ``(what, folder)`` pairs, one per model run (folder None: skipped, ``what`` says
+    why).
 
     Example:
         >>> run_demo("out/demo")  # doctest: +SKIP
-        [('the bundled demo network on demo-world images', PosixPath('out/demo/maps'))]
+        [('efficientnet_lite0 (ImageNet) on photos that scikit-image ships', ...), ...]
     """
     from camviz.demo import write_demo_images  # the demo world loads on use
     from camviz.models import load_model
 
     root = Path(out)
+    done: list[tuple[str, Path | None]] = []
+    try:
+        real = load_model("efficientnet_lite0", device=device)
+    except MissingExtra as err:
+        done.append((f"real photos skipped: {err}", None))
+    else:
+        photos = write_photos(root / "photo-inputs")
+        run_images(real, photos, root / "photos", topk=5, progress=progress, view="whole")
+        photo_units(real, photos, root / "photos")
+        done.append(("efficientnet_lite0 (ImageNet) on photos that scikit-image ships",
+                     root / "photos"))
     paths = write_demo_images(root / "inputs", n=n)
     net = load_model("demo", device=device)
     run_images(net, [str(p) for p in paths], root / "maps", topk=5, progress=progress)
-    return [("the bundled demo network on demo-world images", root / "maps")]
+    done.append(("the bundled demo network on demo-world images", root / "maps"))
+    return done

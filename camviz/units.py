@@ -141,9 +141,15 @@ def threshold_source(stats: UnitStats | torch.Tensor | str, level: float | None 
 
 
 def _image_thresholds(maps: torch.Tensor, level: float) -> torch.Tensor:
+    """Each map's quantile at ``level`` over its own cells (B, n). Above the map's minimum the
+    cells at the quantile count as inside (a saturated unit, ReLU6, has a plateau of equal
+    maxima that a strict cut would leave out), less a relative 1e-6 for bilinear rounding."""
     if not 0.0 <= level < 1.0:
         raise CamvizError(f"a per-image level must lie in [0, 1), got {level}")
-    return torch.quantile(maps.flatten(-2).float(), level, dim=-1)  # (B, n)
+    cells = maps.flatten(-2).float()
+    t = torch.quantile(cells, level, dim=-1)
+    inside = t > cells.amin(dim=-1)
+    return torch.where(inside, t - 1e-6 * t.abs(), t)
 
 
 def _warn_if_thin(stats: UnitStats, level: float | None) -> None:

@@ -65,5 +65,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``camviz demo``: the showcase; prints where its panels are."""
     for what, folder in run_demo(args.out, n=args.n, device=args.device):
         print(f"camviz demo: {what}")
-        print(f"output: {folder.resolve()} (panels in */panel.png, records in {RESULTS})")
+        if folder is not None:
+            units = ", top units in */units.png" if (folder / "photo-inputs").exists() or any(
+                folder.glob("*/units.png")) else ""
+            print(f"output: {folder.resolve()} (panels in */panel.png{units}, records in "
+                  f"{RESULTS})")
     return 0

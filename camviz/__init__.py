@@ -23,6 +23,7 @@ from camviz.errors import (
     CamvizError,
     DatasetError,
     ImageError,
+    MissingExtra,
     NotAGapNetwork,
     NotExact,
     UnknownModel,

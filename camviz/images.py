@@ -278,16 +278,16 @@ class Preprocess:
             size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
         else:
             size = self.resize
-        if size[0] * size[1] > MAX_PIXELS and size != (h, w):
-            raise ImageError(
-                f"an image of {w}x{h} pixels would be resized to {size[1]}x{size[0]}, over "
-                f"{MAX_PIXELS} pixels: crop it to a sensible shape first"
-            )
         if (isinstance(self.resize, int) and self.crop is None
                 and max(h, w) > MAX_ASPECT * min(h, w)):
             raise ImageError(
                 f"an image of {w}x{h} pixels is over {MAX_ASPECT:g} times longer than wide, too "
                 "long to run whole: use the crop view (view='crop', --view crop) or crop it first"
+            )
+        if size[0] * size[1] > MAX_PIXELS and size != (h, w):
+            raise ImageError(
+                f"an image of {w}x{h} pixels would be resized to {size[1]}x{size[0]}, over "
+                f"{MAX_PIXELS} pixels: crop it to a sensible shape first"
             )
         return size
 

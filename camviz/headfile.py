@@ -3,9 +3,10 @@
 A head fitted on frozen features (:func:`camviz.fit_head`) is small (C x K weights) and only
 means something on the trunk whose features it was fitted to. :func:`write_head` stores the
 head's weight and bias as tensors and, as safetensors metadata, the class names, the pooling and
-the trunk's identity (:func:`trunk_fingerprint`: everything that makes the features, without the
-head); :func:`read_head` reads such a file back (never pickle: safetensors holds only tensors and
-strings) and checks it. ``GapNet.save_head`` and ``camviz.load_head`` are built on these.
+the trunk's identity (:func:`camviz.gapnet.trunk_fingerprint`: everything that makes the
+features, without the head); :func:`read_head` reads such a file back (never pickle: safetensors
+holds only tensors and strings) and checks it.
+``GapNet.save_head`` and ``camviz.load_head`` are built on these.
 
 Example:
     >>> import tempfile
@@ -19,13 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,7 +35,7 @@ from camviz.errors import HeadError
 from camviz.files import write_bytes
 from camviz.maps import POOLS
 
-__all__ = ["HEAD_FORMAT", "HeadFile", "trunk_fingerprint", "write_head", "read_head"]
+__all__ = ["HEAD_FORMAT", "HeadFile", "write_head", "read_head"]
 
 #: The ``format`` metadata of a camviz head file (bump ``version`` on an incompatible change).
 HEAD_FORMAT = "camviz-head"
@@ -68,35 +67,6 @@ class HeadFile:
             lin.weight.copy_(self.weight)
             lin.bias.copy_(self.bias)
         return lin
-
-
-def trunk_fingerprint(model: nn.Module, head: str, site: str = "", transform: Any = None,
-                      extra: Sequence[str] = ()) -> str:
-    """SHA-256 (hex, 16 chars) of a model without its head: every module but the one at dotted
-    path ``head`` (its name, class and hyper-parameters), every parameter and buffer outside the
-    head (names, shapes, dtypes, bytes), the feature ``site`` and the preprocessing ``transform``
-    (its repr). A new head on the same trunk has the same fingerprint; other weights, another
-    architecture or another preprocessing give another.
-
-    Example:
-        >>> m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Linear(4, 2))
-        >>> m2 = nn.Sequential(m[0], nn.Linear(4, 7))
-        >>> trunk_fingerprint(m, "1") == trunk_fingerprint(m2, "1")
-        True
-    """
-    h = hashlib.sha256()
-    h.update(json.dumps([site, repr(transform), list(extra)]).encode())
-    prefix = f"{head}."
-    for name, mod in model.named_modules():
-        if name == head or name.startswith(prefix):
-            continue
-        h.update(f"{name}:{type(mod).__qualname__}:{mod.extra_repr()};".encode())
-    for name, t in model.state_dict().items():
-        if name.startswith(prefix):
-            continue
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def write_head(path: str | os.PathLike[str], linear: nn.Linear, classes: Sequence[str],

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset, Subset
 from camviz.datasets import SkipBad, read_rows
 from camviz.errors import CamvizError, DatasetError, HeadError
 from camviz.files import write_bytes
-from camviz.gapnet import GapNet, trunk_id
+from camviz.gapnet import GapNet, trunk_fingerprint
 from camviz.headfile import read_head
 from camviz.linearfit import DEFAULT_L2, LOSSES, LinearFit, check_labels, fit_linear
 from camviz.scan import dataset_fingerprint, make_loader, scan_cache_dir
@@ -145,7 +145,7 @@ def _data_key(dataset: Any) -> str:
 
 def _cache_file(net: GapNet, dataset: Any, cache: bool | str | os.PathLike[str],
                 autocast: str | None) -> Path:
-    key = json.dumps([_FORMAT, trunk_id(net), _data_key(dataset), net.pool, autocast])
+    key = json.dumps([_FORMAT, trunk_fingerprint(net), _data_key(dataset), net.pool, autocast])
     folder = features_cache_dir() if cache is True else Path(cache)
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
@@ -317,7 +317,7 @@ def load_head(net: GapNet, path: str | os.PathLike[str]) -> GapNet:
         ['a', 'b']
     """
     head = read_head(path)
-    mine = trunk_id(net)
+    mine = trunk_fingerprint(net)
     if head.trunk != mine:
         raise HeadError(f"{path} was fitted on another trunk (fingerprint {head.trunk}), not "
                         f"this network's ({mine}); load it onto the model, weights and "

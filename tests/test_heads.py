@@ -23,7 +23,7 @@ import camviz
 from camviz.cli import main
 from camviz.datasets import ImageFolder, WsolDataset, WsolMetadata
 from camviz.errors import DatasetError, HeadError
-from camviz.gapnet import trunk_id
+from camviz.gapnet import trunk_fingerprint
 from camviz.headfile import read_head
 from camviz.heads import dataset_classes, fit_head_details, pool_features
 from camviz.linearfit import fit_linear
@@ -198,7 +198,7 @@ def test_fit_head_gives_an_exact_net_on_the_shared_trunk(tiny_net):
                                atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(new.model(x), res.logits, rtol=1e-5, atol=1e-5)
-    assert trunk_id(new) == trunk_id(tiny_net)
+    assert trunk_fingerprint(new) == trunk_fingerprint(tiny_net)
 
 
 def test_features_are_cached_by_trunk_and_data_so_a_refit_runs_no_network(tiny_net, tmp_path):
@@ -257,7 +257,7 @@ def test_save_and_load_round_trip_gives_the_same_logits(tiny_net, tmp_path):
         meta = f.metadata()
         assert sorted(f.keys()) == ["bias", "weight"]
     assert json.loads(meta["classes"]) == ["x", "y", "z"] and meta["pool"] == "avg"
-    assert meta["trunk"] == trunk_id(tiny_net)
+    assert meta["trunk"] == trunk_fingerprint(tiny_net)
     back = camviz.load_head(tiny_net, path)
     x = torch.rand(3, 3, 32, 32)
     assert back.classes == ["x", "y", "z"]

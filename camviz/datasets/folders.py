@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from camviz.datasets.paths import read_rows, safe_join
+from camviz.datasets.paths import read_rows, safe_join, where
 from camviz.datasets.wsol import WsolMetadata, load_mask
 from camviz.errors import DatasetError
 from camviz.images import IMAGE_SUFFIXES, list_images, load_image
@@ -124,21 +124,19 @@ class PartsFolder(Dataset):
                                "image_ids.txt and parts.txt (the camviz.demo layout)")
         parts: dict[str, list[tuple[str, Path]]] = {i: [] for i in self.image_ids}
         names: dict[str, None] = {}
-        for row in read_rows(parts_file):
+        for n, row in read_rows(parts_file):
             if len(row) < 3:
-                raise DatasetError(f"parts.txt line {row} must be image_path,part_name,mask_path")
+                raise DatasetError(f"{where(parts_file, n)}: expected "
+                                   f"'image_path,part_name,mask_path', got {','.join(row)!r}")
             if row[0] not in parts:
-                raise DatasetError(f"parts.txt names {row[0]!r}, which is not in image_ids.txt")
+                raise DatasetError(f"{where(parts_file, n)}: {row[0]!r} is not in image_ids.txt")
             parts[row[0]].append((row[1], safe_join(self.root, row[2])))
             names[row[1]] = None
         self.paths = [safe_join(self.root, i) for i in self.image_ids]
         self.parts = parts
         self.part_names = list(names)
-        info = self.root / "split.json"
-        if info.is_file():
-            declared = json.loads(info.read_text()).get("parts")
-            if declared:
-                self.part_names = list(dict.fromkeys([*declared, *self.part_names]))
+        declared = _declared_parts(self.root / "split.json")
+        self.part_names = list(dict.fromkeys([*declared, *self.part_names]))
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -200,5 +198,19 @@ def image_files(root: Path) -> ImageFiles:
     """
     ids = root / "image_ids.txt"
     if ids.is_file():
-        return ImageFiles([safe_join(root, r[0]) for r in read_rows(ids)])
+        return ImageFiles([safe_join(root, r[0]) for _, r in read_rows(ids)])
     return ImageFiles(list_images([root]))
+
+
+def _declared_parts(info: Path) -> list[str]:
+    """The part vocabulary a demo split's ``split.json`` declares (none without the file)."""
+    if not info.is_file():
+        return []
+    try:
+        parts = json.loads(info.read_text(encoding="utf-8")).get("parts") or []
+    except (OSError, ValueError, AttributeError) as err:
+        raise DatasetError(f"{info} is not a camviz split description ({err}); regenerate the "
+                           "split or remove the file") from err
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise DatasetError(f"{info}: 'parts' must be a list of part names")
+    return parts

@@ -7,12 +7,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from camviz.errors import DatasetError, UnsafePath
 
-__all__ = ["safe_join", "read_rows", "parse_int"]
+__all__ = ["safe_join", "read_rows", "where", "parse_int", "parse_coord", "Row", "MAX_COORD"]
 
 
 def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
@@ -54,31 +55,86 @@ def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
     return joined
 
 
-def read_rows(path: Path) -> list[list[str]]:
-    """The non-empty lines of a metadata file, split at commas, cells stripped.
+Row = tuple[int, list[str]]  # (line number, cells)
+#: Box coordinates beyond this many pixels are refused as corrupt metadata.
+MAX_COORD = 10**7
+
+
+def read_rows(path: Path) -> list[Row]:
+    """The non-empty lines of a metadata file as ``(line number, cells)``, split at commas,
+    cells stripped. A UTF-8 byte-order mark and CRLF line ends are accepted; text that is not
+    UTF-8, or holds NUL bytes, raises :class:`DatasetError` naming the file and line.
 
     Example:
         >>> import tempfile
         >>> p = Path(tempfile.mkdtemp()) / "a.txt"
-        >>> _ = p.write_text("a.png, 3\\n\\nb.png,4\\n")
+        >>> _ = p.write_bytes(b"\\xef\\xbb\\xbfa.png, 3\\r\\n\\r\\nb.png,4\\r\\n")
         >>> read_rows(p)
-        [['a.png', '3'], ['b.png', '4']]
+        [(1, ['a.png', '3']), (3, ['b.png', '4'])]
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err}") from err
-    return [[c.strip() for c in line.split(",")] for line in text.splitlines() if line.strip()]
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from err
+    rows: list[Row] = []
+    for n, raw in enumerate(data.splitlines(), start=1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\x00" in raw:
+            raise DatasetError(f"{where(path, n)}: a NUL byte; the file is damaged or not text")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatasetError(
+                f"{where(path, n)}: not UTF-8 text; save the file as UTF-8"
+            ) from None
+        if line.strip():
+            rows.append((n, [c.strip() for c in line.split(",")]))
+    return rows
 
 
-def parse_int(text: str, where: str) -> int:
-    """An integer cell of a metadata file, or :class:`DatasetError` naming the file.
+def where(path: Path, line: int) -> str:
+    """``file:line``, for messages about metadata.
 
     Example:
-        >>> parse_int("7", "labels.txt")
+        >>> where(Path("labels.txt"), 3)
+        'labels.txt:3'
+    """
+    return f"{path}:{line}"
+
+
+def parse_int(text: str, where: str, minimum: int | None = None) -> int:
+    """An integer cell of a metadata file (at least ``minimum``), or :class:`DatasetError`
+    naming the place.
+
+    Example:
+        >>> parse_int("7", "labels.txt:1")
         7
+        >>> parse_int("3.5", "labels.txt:2")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.DatasetError: labels.txt:2: '3.5' is not an integer; fix the metadata
     """
     try:
-        return int(float(text))
+        value = int(text)
+    except ValueError:
+        raise DatasetError(f"{where}: {text!r} is not an integer; fix the metadata") from None
+    if minimum is not None and value < minimum:
+        raise DatasetError(f"{where}: {value} is below {minimum}; fix the metadata")
+    return value
+
+
+def parse_coord(text: str, where: str) -> int:
+    """A box coordinate (a finite number of pixels, truncated to int as the reference does).
+
+    Example:
+        >>> parse_coord("12.7", "localization.txt:1")
+        12
+    """
+    try:
+        value = float(text)
     except ValueError:
         raise DatasetError(f"{where}: {text!r} is not a number; fix the metadata") from None
+    if not math.isfinite(value) or abs(value) > MAX_COORD:
+        raise DatasetError(f"{where}: box coordinate {text!r} is not a finite pixel position")
+    return int(value)

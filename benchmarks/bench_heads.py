@@ -16,7 +16,8 @@
 
 The machine may be shared: the load average is printed with the numbers.
 
-    python benchmarks/bench_heads.py [--threads 2] [--repeats 5] [--json out.json]
+    python benchmarks/bench_heads.py [--threads 2] [--repeats 5] [--fit-repeats 3] [--json out.json]
+    python benchmarks/bench_heads.py --models '' --classes 100 --fit-repeats 1   # one part
 """
 
 from __future__ import annotations
@@ -95,17 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fit-repeats", type=int, default=3)
+    p.add_argument("--models", default="demo,efficientnet_lite0",
+                   help="networks of the pooling pass (empty: skip it)")
+    p.add_argument("--classes", default="10,100", help="head sizes of the fit (empty: skip it)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = {"threads": a.threads, "load_before": [round(v, 1) for v in os.getloadavg()]}
     out["pooling"], out["fit"] = [], []
-    for args in (("demo", 128, 128, 32), ("efficientnet_lite0", 224, 64, 32)):
-        out["pooling"].append(bench_pooling(*args, a.repeats))
+    sizes = {"demo": (128, 128, 32), "efficientnet_lite0": (224, 64, 32)}
+    for name in filter(None, a.models.split(",")):
+        out["pooling"].append(bench_pooling(name, *sizes.get(name, (224, 64, 32)), a.repeats))
         print(out["pooling"][-1], file=sys.stderr, flush=True)
-    for c, loss in ((10, "softmax"), (10, "svm"), (100, "softmax"), (100, "svm")):
-        out["fit"].append(bench_fit(10000, 1280, c, loss, a.fit_repeats))
-        print(out["fit"][-1], file=sys.stderr, flush=True)
+    for c in (int(v) for v in filter(None, a.classes.split(","))):
+        for loss in ("softmax", "svm"):
+            out["fit"].append(bench_fit(10000, 1280, c, loss, a.fit_repeats))
+            print(out["fit"][-1], file=sys.stderr, flush=True)
     out["load_after"] = [round(v, 1) for v in os.getloadavg()]
     print(json.dumps(out, indent=1))
     if a.json:

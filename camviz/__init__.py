@@ -35,6 +35,10 @@ from camviz.scan import UnitStats, scan
 from camviz.stats import RunningQuantile, RunningTopK
 from camviz.units import Dissection, PartsFolder, class_units, dissect, unit_masks
 
+# --- GAP conversion ---
+from camviz.convert import load_converted, to_gap
+from camviz.finetune import fine_tune
+
 # --- demo ---
 from camviz.demo import ensure_split  # importing camviz.demo registers "demo" and "demo-gmp"
 

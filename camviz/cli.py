@@ -36,6 +36,7 @@ from camviz.render import grid, overlay
 _EXTRA_COMMANDS: list[str] = [
     "camviz.cli_units",
     "camviz.cli_eval",
+    "camviz.cli_finetune",
 ]
 
 RESULTS = "results.jsonl"

@@ -29,7 +29,10 @@ The box is the bounding box of the object mask; every part mask lies inside the 
 distractor masks lie outside the object's box.
 
 Models: ``camviz.load_model("demo")`` (global average pooling) and ``"demo-gmp"`` (global max
-pooling, same architecture and training), both with class names and preprocessing.
+pooling, same architecture and training), both with class names and preprocessing;
+``"demo-fc-gap"``, a VGG-style net with fully connected layers converted to GAP and fine-tuned
+(:mod:`camviz.demo.fcnet`; ``"demo-fc"``, its unconverted baseline, is refused, as camviz
+refuses VGG).
 
 Example:
     >>> import camviz
@@ -63,10 +66,13 @@ __all__ = [
 
 
 def _register() -> None:
+    from camviz.demo.fcnet import load_demo_fc, load_demo_fc_gap
     from camviz.demo.net import load_demo_gap, load_demo_gmp
 
     register_model("demo", load_demo_gap)
     register_model("demo-gmp", load_demo_gmp)
+    register_model("demo-fc", load_demo_fc)
+    register_model("demo-fc-gap", load_demo_fc_gap)
 
 
 _register()

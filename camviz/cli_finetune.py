@@ -31,7 +31,7 @@ from camviz.finetune import dataset_classes, fine_tune
 from camviz.sources import load_source
 
 _SETTINGS = ("batch_size", "optimizer", "momentum", "weight_decay", "new_lr_mult", "warmup",
-             "label_smoothing", "seed", "steps_per_epoch")
+             "label_smoothing", "seed", "steps_per_epoch", "freeze_epochs")
 
 
 def register(sub: Any) -> None:
@@ -72,6 +72,8 @@ def register(sub: Any) -> None:
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--freeze-epochs", type=int, default=0,
+                   help="first epochs that train the new layers only")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -417,6 +417,7 @@ def save_converted(model: GapConverted, path: str | os.PathLike[str],
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
+        os.chmod(tmp, 0o644)  # a model file to share (mkstemp makes it owner-only)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

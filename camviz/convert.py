@@ -41,8 +41,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from camviz.errors import CamvizError, NotAGapNetwork, WeightsUnavailable
-from camviz.gapnet import Adapter, GapNet, register_adapter
+from camviz.gapnet import GapNet
 from camviz.images import Preprocess
+from camviz.registry import Adapter, register_adapter
 
 FORMAT = 1
 META_KEY = "camviz"

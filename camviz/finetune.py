@@ -164,7 +164,7 @@ def dataset_classes(dataset: Dataset) -> list[str]:
 
     Example:
         >>> from camviz.demo import write_split
-        >>> from camviz.units import PartsFolder
+        >>> from camviz.datasets import PartsFolder
         >>> import tempfile
         >>> root = write_split("val", 2, tempfile.mkdtemp(), progress=False)
         >>> dataset_classes(PartsFolder(root))[:2]

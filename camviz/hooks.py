@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ class Captured:
 def capture(module: nn.Module) -> Iterator[Captured]:
     """Record ``module``'s output while the block runs; the hook is removed on exit, also on error.
 
+    Only calls made by the thread that opened the block are recorded, so two threads running
+    the same model at once each capture their own output.
+
     Example:
         >>> m = nn.ReLU()
         >>> with capture(m) as cap:
@@ -39,16 +44,83 @@ def capture(module: nn.Module) -> Iterator[Captured]:
         [0.0, 2.0]
     """
     cap = Captured()
+    owner = threading.get_ident()
 
     def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        cap.output = out
-        cap.calls += 1
+        if threading.get_ident() == owner:
+            cap.output = out
+            cap.calls += 1
 
     handle = module.register_forward_hook(hook)
     try:
         yield cap
     finally:
         handle.remove()
+
+
+@contextmanager
+def called_modules(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """Record ``(name, module)`` of every submodule of ``model`` called while the block runs
+    (in the order their calls end); the hooks are removed on exit, also on error.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> with called_modules(m) as called:
+        ...     _ = m[1](torch.zeros(1, 2))
+        >>> [name for name, _ in called], count_hooks(m)
+        (['1'], 0)
+    """
+    called: list[tuple[str, nn.Module]] = []
+    owner = threading.get_ident()
+    handles = []
+    for name, mod in model.named_modules():
+
+        def hook(mod: nn.Module, _inp: Any, _out: Any, name: str = name) -> None:
+            if threading.get_ident() == owner:
+                called.append((name, mod))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        yield called
+    finally:
+        for h in handles:
+            h.remove()
+
+
+_EVAL_LOCK = threading.Lock()
+_EVAL_USERS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with every submodule of ``model`` in eval mode, then restore each one's
+    own mode, also on error. Nested and concurrent blocks (threads) on one model share the
+    switch: the modes come back when the last block ends.
+
+    Example:
+        >>> m = nn.Sequential(nn.BatchNorm1d(2)).train()
+        >>> with eval_mode(m):
+        ...     inside = m[0].training
+        >>> inside, m[0].training
+        (False, True)
+    """
+    with _EVAL_LOCK:
+        entry = _EVAL_USERS.get(model)
+        if entry is None:
+            modes = [m for m in model.modules() if m.training]
+            for m in modes:
+                m.training = False
+            entry = _EVAL_USERS[model] = [0, modes]
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _EVAL_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                for m in entry[1]:
+                    m.training = True
+                del _EVAL_USERS[model]
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,12 @@ from camviz.errors import ImageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+#: The whole view runs the network on the whole photo: longer / shorter side at most this.
+MAX_ASPECT = 5.0
+#: No resize makes an image of more pixels than this (a 40000 x 1 strip resized to a shorter
+#: side of 256 would take gigabytes); 2**24 float RGB pixels are 192 MB.
+MAX_PIXELS = 2**24
+VIEWS = ("crop", "whole")
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -38,16 +44,19 @@ def _pair(v: int | Sequence[int] | None) -> tuple[int, int] | None:
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, exif: bool = True) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB without clipping 16-bit data or dropping alpha badly.
 
     Transparent pixels are composited on white; 16- and 32-bit images are scaled, not clipped.
+    ``exif``: turn the image upright by its EXIF orientation tag (photos); False keeps the
+    stored frame (what box annotations and the WSOL reference use).
 
     Example:
         >>> to_rgb(Image.new("L", (4, 4))).mode
         'RGB'
     """
-    img = ImageOps.exif_transpose(img)
+    if exif:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -67,8 +76,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], exif: bool = True) -> Image.Image:
     """Open an image file as 8-bit RGB, or raise :class:`ImageError` saying what is wrong.
+
+    ``exif``: turn photos upright by their EXIF orientation (False: the stored frame, as
+    annotations and the WSOL reference read it).
 
     Example:
         >>> load_image("missing.png")
@@ -84,11 +96,13 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(p) as img:
             img.load()
-            rgb = to_rgb(img)
+            rgb = to_rgb(img, exif=exif)
     except (UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ImageError(f"not a readable image: {p} ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt or truncated image: {p} ({err})") from err
+    except Exception as err:  # a decoder's own failure on a malformed file (untrusted input)
+        raise ImageError(f"corrupt image: {p} ({type(err).__name__}: {err})") from err
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"empty image: {p}")
     return rgb
@@ -159,11 +173,46 @@ def _as_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a network input lies in the image it was made from.
+
+    ``size``: (H, W) of the original image. ``region``: (left, top, right, bottom) in the
+    original's pixels, right and bottom exclusive (PIL's crop box): the part of the image the
+    input shows, resized to the input's size (the whole image in the whole view; the centre
+    crop's footprint otherwise). A map of the input resized to the region's size and pasted
+    at (left, top) lies over the original image.
+
+    Example:
+        >>> Preprocess(resize=4, crop=4).placement(8, 16).region
+        (4, 0, 12, 8)
+    """
+
+    size: tuple[int, int]
+    region: tuple[int, int, int, int]
+
+    @property
+    def whole(self) -> bool:
+        """Whether the input shows the whole image."""
+        return self.region == (0, 0, self.size[1], self.size[0])
+
+    @property
+    def region_size(self) -> tuple[int, int]:
+        """(H, W) of the region, in original pixels."""
+        left, top, right, bottom = self.region
+        return (bottom - top, right - left)
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """Resize (shorter side), centre crop, scale to [0, 1] and normalise — invertible for display.
 
     ``resize`` is the shorter side (int) or an exact (H, W); ``crop`` a centre crop (H, W).
-    Either may be None. Built from a torchvision weights transform with :meth:`from_torchvision`.
+    Either may be None. ``fixed``: the network takes only ``output_size`` inputs (a ViT), so
+    :meth:`whole` squashes the whole image to that size instead of keeping its aspect. Built
+    from a torchvision weights transform with :meth:`from_torchvision`; :meth:`whole` gives
+    the same preprocessing without the crop. No resize may make an image of over
+    ``MAX_PIXELS``, and the whole view refuses images longer than ``MAX_ASPECT`` times their
+    width (:class:`ImageError`).
 
     Example:
         >>> prep = Preprocess(resize=8, crop=None)
@@ -176,6 +225,7 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", _pair(self.crop))
@@ -202,6 +252,69 @@ class Preprocess:
             interpolation=getattr(interp, "value", str(interp)).lower(),
         )
 
+    def whole(self) -> Preprocess:
+        """The same preprocessing of the whole image, without the crop: the shorter side is
+        resized as this transform does (so objects keep the scale the network learnt), the
+        aspect kept; for a ``fixed``-size network the whole image is resized to that size.
+
+        Example:
+            >>> Preprocess(resize=256, crop=224).whole()(Image.new("RGB", (400, 300))).shape
+            torch.Size([3, 256, 341])
+        """
+        if self.fixed and self.output_size is not None:
+            return replace(self, resize=self.output_size, crop=None)
+        if self.resize is None and self.crop is not None:
+            return replace(self, resize=min(self.crop), crop=None)
+        return replace(self, crop=None)
+
+    def view(self, view: str) -> Preprocess:
+        """This preprocessing for ``view`` "crop" (as it is) or "whole" (:meth:`whole`).
+
+        Example:
+            >>> Preprocess(resize=8, crop=8).view("whole").crop is None
+            True
+        """
+        if view not in VIEWS:
+            raise ImageError(f"view must be one of {VIEWS}, got {view!r}")
+        return self.whole() if view == "whole" else self
+
+    def _resized(self, h: int, w: int) -> tuple[int, int]:
+        if self.resize is None:
+            size = (h, w)
+        elif isinstance(self.resize, int):
+            s = self.resize
+            size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
+        else:
+            size = self.resize
+        if (isinstance(self.resize, int) and self.crop is None
+                and max(h, w) > MAX_ASPECT * min(h, w)):
+            raise ImageError(
+                f"an image of {w}x{h} pixels is over {MAX_ASPECT:g} times longer than wide, too "
+                "long to run whole: use the crop view (view='crop', --view crop) or crop it first"
+            )
+        if size[0] * size[1] > MAX_PIXELS and size != (h, w):
+            raise ImageError(
+                f"an image of {w}x{h} pixels would be resized to {size[1]}x{size[0]}, over "
+                f"{MAX_PIXELS} pixels: crop it to a sensible shape first"
+            )
+        return size
+
+    def placement(self, h: int, w: int) -> Placement:
+        """Where the input made from an (h, w) image lies in it (see :class:`Placement`).
+
+        Example:
+            >>> Preprocess(resize=256, crop=224).placement(300, 400).region
+            (68, 19, 331, 281)
+        """
+        rh, rw = self._resized(h, w)
+        if self.crop is None:
+            return Placement((h, w), (0, 0, w, h))
+        ch, cw = self.crop
+        top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        sy, sx = h / rh, w / rw
+        return Placement((h, w), (round(left * sx), round(top * sy),
+                                  round((left + cw) * sx), round((top + ch) * sy)))
+
     @property
     def output_size(self) -> tuple[int, int] | None:
         """(H, W) of every output when fixed by the crop or an exact resize, else None."""
@@ -213,20 +326,25 @@ class Preprocess:
         """Turn one image-like into a normalised float tensor (3, H, W)."""
         arr = to_array(img)
         x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div_(255.0)
-        x = self.geometry(x)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+        return self.pixels(x)
+
+    def pixels(self, x01: torch.Tensor) -> torch.Tensor:
+        """Resize, crop and normalise a float (3, H, W) image with values in [0, 1].
+
+        Example:
+            >>> Preprocess(mean=(0, 0, 0), std=(2, 2, 2)).pixels(torch.ones(3, 2, 2))[0, 0, 0]
+            tensor(0.5000)
+        """
+        x = self.geometry(x01)
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         return (x - mean) / std
 
     def geometry(self, x: torch.Tensor) -> torch.Tensor:
         """Apply only the resize and crop to a (C, H, W) float tensor."""
         h, w = x.shape[-2:]
         if self.resize is not None:
-            if isinstance(self.resize, int):
-                s = self.resize
-                size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
-            else:
-                size = self.resize
+            size = self._resized(int(h), int(w))
             if size != (h, w):
                 mode = "bicubic" if self.interpolation == "bicubic" else "bilinear"
                 x = F.interpolate(
@@ -255,3 +373,76 @@ class Preprocess:
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         pix = (x.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
         return pix.movedim(-3, -1).cpu().numpy()
+
+
+def to_batch(images: Any, transform: Preprocess | None = None) -> torch.Tensor:
+    """Images as one normalised float32 batch (B, 3, H, W).
+
+    ``images``: a float tensor (B, 3, H, W) or (3, H, W), already normalised (kept on its
+    device); a uint8 tensor of pixels 0..255 (resized, cropped and normalised by
+    ``transform``); or a list of file paths, PIL images or arrays (preprocessed by
+    ``transform``, default :class:`Preprocess`). Other dtypes, NaN or infinity, and images of
+    different sizes raise :class:`ImageError` saying what to do.
+
+    Example:
+        >>> to_batch(torch.full((3, 2, 2), 255, dtype=torch.uint8),
+        ...          Preprocess(mean=(0, 0, 0), std=(1, 1, 1))).flatten().tolist()[:2]
+        [1.0, 1.0]
+    """
+    return to_batch_placed(images, transform)[0]
+
+
+def to_batch_placed(
+    images: Any, transform: Preprocess | None = None
+) -> tuple[torch.Tensor, list[Placement] | None]:
+    """:func:`to_batch`, with the :class:`Placement` of each input in its original image (None
+    for a float tensor, which is the network input already).
+
+    Example:
+        >>> x, places = to_batch_placed([np.zeros((30, 40, 3), np.uint8)], Preprocess(resize=15))
+        >>> tuple(x.shape), places[0].size, places[0].whole
+        ((1, 3, 15, 20), (30, 40), True)
+    """
+    prep = transform or Preprocess()
+    if isinstance(images, torch.Tensor):
+        x = images[None] if images.ndim == 3 else images
+        places = ([prep.placement(int(x.shape[-2]), int(x.shape[-1]))] * x.shape[0]
+                  if x.dtype == torch.uint8 and x.ndim == 4 else None)
+        return _tensor_batch(images, transform), places
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise ImageError("no images given")
+    arrays = [to_array(img) for img in images]
+    places = [prep.placement(a.shape[0], a.shape[1]) for a in arrays]
+    return _stack([prep(a) for a in arrays]), places
+
+
+def _tensor_batch(x: torch.Tensor, transform: Preprocess | None) -> torch.Tensor:
+    x = x[None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ImageError(f"expected a (B, 3, H, W) or (3, H, W) tensor, got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:  # pixels, as a PIL image would give them
+        prep = transform or Preprocess()
+        return _stack([prep.pixels(img.float() / 255.0) for img in x])
+    if not x.is_floating_point():
+        raise ImageError(
+            f"a {x.dtype} tensor is not an image batch: give a float tensor normalised like the "
+            "network's transform, uint8 pixels (0..255), or PIL images / paths"
+        )
+    x = x.float()
+    # min and max propagate NaN, so both are finite iff every value is: one pass, no bool copy
+    if x.numel() and not all(bool(torch.isfinite(v)) for v in torch.aminmax(x)):
+        raise ImageError("the input tensor contains NaN or infinity; replace those values first")
+    return x
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    sizes = {tuple(t.shape[-2:]) for t in tensors}
+    if len(sizes) > 1:
+        raise ImageError(
+            f"images of different sizes {sorted(sizes)} cannot form one batch: run them one by "
+            "one (the whole view keeps each photo's shape), group them by size, or give the "
+            "network a transform with a crop or exact resize (view='crop')"
+        )
+    return torch.stack(tensors)

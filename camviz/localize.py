@@ -34,6 +34,7 @@ from scipy import ndimage
 from skimage.measure import label as _sk_label
 
 from camviz.errors import CamvizError
+from camviz.maps import min_max_np
 
 __all__ = [
     "InvalidMap",
@@ -44,6 +45,9 @@ __all__ = [
     "paper_boxes",
     "reference_boxes",
     "quantise",
+    "reference_thresholds",
+    "reference_boxes_u8",
+    "Contours",
     "PAPER_THRESHOLD",
 ]
 
@@ -165,15 +169,6 @@ def boxes(cam: Array, threshold: float = PAPER_THRESHOLD, mode: str = "largest")
     return [torch.from_numpy(r).to(dev) for r in res] if is_t else res
 
 
-def _min_max_np(cam: np.ndarray) -> np.ndarray:
-    cam = cam.astype(np.float64)
-    lo, hi = cam.min(axis=(-2, -1), keepdims=True), cam.max(axis=(-2, -1), keepdims=True)
-    bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (hi == lo)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (cam - lo) / np.where(bad, 1.0, hi - lo)
-    return np.where(bad, 0.0, out)
-
-
 def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     """The CAM paper's box: min-max normalise, keep pixels above 20% of the maximum, box the
     largest 8-connected region (most pixels). Inclusive ``(x0, y0, x1, y1)``.
@@ -193,7 +188,7 @@ def paper_box(cam: Array, threshold: float = PAPER_THRESHOLD) -> Array:
     if arr.ndim < 2:
         raise InvalidMap(f"paper_box() takes (..., H, W) maps; got shape {arr.shape}")
     lead = arr.shape[:-2]
-    maps = _min_max_np(arr.reshape(-1, *arr.shape[-2:]))
+    maps = min_max_np(arr.reshape(-1, *arr.shape[-2:]))
     out = np.zeros((maps.shape[0], 4), dtype=np.int64)
     for i, m in enumerate(maps):
         b = _boxes_2d(m > threshold * m.max(), "largest")
@@ -255,63 +250,81 @@ def _window_area(fg: np.ndarray) -> float:
     return float(np.count_nonzero(s == 4)) + 0.5 * float(np.count_nonzero(s == 3))
 
 
-class _Contours:
-    """Outer and hole contours of a binary image as OpenCV's RETR_TREE sees them.
+class Contours:
+    """Outer and hole contours of a binary image as OpenCV's ``findContours(RETR_TREE)`` sees
+    them, without OpenCV: the reference's box rules for one foreground mask.
 
     Outer contours: one per 8-connected foreground region. Hole contours: one per bounded
     4-connected background region (not reaching the image border). Boxes follow
-    ``cv2.boundingRect`` + the reference's clipping; areas follow ``cv2.contourArea`` of the
-    outer contour (a polygon through the centres of the boundary pixels).
+    ``cv2.boundingRect`` + the reference's clipping (``x1``/``y1`` one past the last pixel,
+    clipped to ``W - 1``/``H - 1``); areas follow ``cv2.contourArea`` of the outer contour (a
+    polygon through the centres of the boundary pixels).
+
+    Example:
+        >>> import numpy as np
+        >>> fg = np.zeros((5, 7), bool); fg[0:3, 0:3] = True; fg[1, 1] = False; fg[4, 4:7] = True
+        >>> c = Contours(fg)
+        >>> c.n, c.single().tolist(), sorted(c.multi().tolist())
+        (2, [[0, 0, 3, 3]], [[0, 0, 3, 3], [0, 0, 3, 3], [4, 4, 6, 4]])
     """
 
-    def __init__(self, fg: np.ndarray, labels: tuple[Any, ...] | None = None) -> None:
+    def __init__(self, fg: np.ndarray) -> None:
         self.fg = fg
         self.h, self.w = fg.shape
-        if labels is None:
-            self.lab, self.n = ndimage.label(fg, structure=_EIGHT)
-            bg = np.pad(~fg, 1, constant_values=True)
-            blab, bn = ndimage.label(bg, structure=_FOUR)
-        else:  # (8-connected labels, count, 4-connected labels of the padded background, count)
-            self.lab, self.n, blab, bn = labels
-        outer = blab[0, 0]
-        self.blab = blab
-        self.hole_ids = [i for i in range(1, bn + 1) if i != outer]
-        self.outer_bg = outer
+        #: 8-connected labels of the foreground and their count
+        self.lab, self.n = ndimage.label(fg, structure=_EIGHT)
+        bg = np.pad(~fg, 1, constant_values=True)
+        self._blab, bn = ndimage.label(bg, structure=_FOUR)
+        self._outer_bg = self._blab[0, 0]
+        self._hole_ids = [i for i in range(1, bn + 1) if i != self._outer_bg]
+
+    def single(self) -> np.ndarray:
+        """The reference's single box, (1, 4): the outer contour of largest area, the first in
+        OpenCV's order on a tie."""
+        areas = self._outer_areas()
+        best = np.flatnonzero(areas == areas.max())
+        if len(best) > 1:
+            best = best[np.argsort(self._tree_order()[best], kind="stable")]
+        return self._clip(self._outer_rects()[best[:1]])
+
+    def multi(self) -> np.ndarray:
+        """The reference's multi-contour boxes, (n, 4): every outer contour, then every hole."""
+        return self._clip(np.concatenate([self._outer_rects(), self._hole_rects()]))
 
     # raw bounding rectangles (x, y, x + w, y + h), before clipping
-    def outer_rects(self) -> np.ndarray:
+    def _outer_rects(self) -> np.ndarray:
         out = np.zeros((self.n, 4), dtype=np.int64)
         for i, sl in enumerate(ndimage.find_objects(self.lab, max_label=self.n)):
             ys, xs = sl
             out[i] = (xs.start, ys.start, xs.stop, ys.stop)
         return out
 
-    def hole_rects(self) -> np.ndarray:
-        if not self.hole_ids:
+    def _hole_rects(self) -> np.ndarray:
+        if not self._hole_ids:
             return np.zeros((0, 4), dtype=np.int64)
-        objs = ndimage.find_objects(self.blab)
-        out = np.zeros((len(self.hole_ids), 4), dtype=np.int64)
-        for j, i in enumerate(self.hole_ids):
+        objs = ndimage.find_objects(self._blab)
+        out = np.zeros((len(self._hole_ids), 4), dtype=np.int64)
+        for j, i in enumerate(self._hole_ids):
             ys, xs = objs[i - 1]
             # padded coordinates: hole pixels x in [xs.start-1, xs.stop-2]; the traced border
             # runs one pixel outside the hole on every side.
             out[j] = (xs.start - 2, ys.start - 2, xs.stop, ys.stop)
         return out
 
-    def clip(self, rects: np.ndarray) -> np.ndarray:
+    def _clip(self, rects: np.ndarray) -> np.ndarray:
         rects = rects.copy()
         rects[:, 2] = np.minimum(rects[:, 2], self.w - 1)
         rects[:, 3] = np.minimum(rects[:, 3], self.h - 1)
         return rects
 
-    def outer_areas(self) -> np.ndarray:
+    def _outer_areas(self) -> np.ndarray:
         lab, n = self.lab, self.n
         a, b, c, d = lab[:-1, :-1], lab[:-1, 1:], lab[1:, :-1], lab[1:, 1:]
         s = (a > 0).astype(np.int8) + (b > 0) + (c > 0) + (d > 0)
         wl = np.maximum(np.maximum(a, b), np.maximum(c, d))
         wt = (s == 4) + 0.5 * (s == 3)
         areas = np.bincount(wl.ravel(), weights=wt.ravel(), minlength=n + 1)[1:]
-        if self.hole_ids:  # regions with holes: the outer contour encloses the holes
+        if self._hole_ids:  # regions with holes: the outer contour encloses the holes
             objs = ndimage.find_objects(lab, max_label=n)
             for r in set(self._hole_parents().tolist()):
                 sl = objs[r - 1]
@@ -326,29 +339,29 @@ class _Contours:
 
     def _hole_parents(self) -> np.ndarray:
         """Region label enclosing each hole (the pixel above the hole's first pixel)."""
-        first = self._first_pixels(self.blab, self.hole_ids)
+        first = self._first_pixels(self._blab, self._hole_ids)
         par = []
-        for i in self.hole_ids:
+        for i in self._hole_ids:
             y, x = first[i]
             par.append(int(self.lab[y - 2, x - 1]))  # padded (y-1, x) -> unpadded (y-2, x-1)
         return np.asarray(par, dtype=np.int64)
 
-    def tree_order(self) -> np.ndarray:
+    def _tree_order(self) -> np.ndarray:
         """Position of each region's outer contour in OpenCV's RETR_TREE output list:
         depth-first, children (and top-level regions) in reverse order of discovery."""
         n = self.n
         rfirst = self._first_pixels(self.lab, list(range(1, n + 1)))
         children: dict[tuple[str, int], list[tuple[int, tuple[str, int]]]] = {}
-        hfirst = self._first_pixels(self.blab, self.hole_ids) if self.hole_ids else {}
-        hpar = self._hole_parents() if self.hole_ids else np.zeros(0, np.int64)
-        for j, hid in enumerate(self.hole_ids):
+        hfirst = self._first_pixels(self._blab, self._hole_ids) if self._hole_ids else {}
+        hpar = self._hole_parents() if self._hole_ids else np.zeros(0, np.int64)
+        for j, hid in enumerate(self._hole_ids):
             y, x = hfirst[hid]
             key = (y - 1) * (self.w + 1) + (x - 2)  # discovered at the pixel left of the hole
             children.setdefault(("r", int(hpar[j])), []).append((key, ("h", hid)))
         for r in range(1, n + 1):
             y, x = rfirst[r]
-            above = int(self.blab[y, x + 1])  # padded (y+1-1, x+1): the pixel above
-            parent = ("root", 0) if above == self.outer_bg else ("h", above)
+            above = int(self._blab[y, x + 1])  # padded (y+1-1, x+1): the pixel above
+            parent = ("root", 0) if above == self._outer_bg else ("h", above)
             children.setdefault(parent, []).append((y * (self.w + 1) + x, ("r", r)))
         pos = np.zeros(n, dtype=np.int64)
         counter = 0
@@ -367,32 +380,30 @@ class _Contours:
                 counter += 1
         return pos
 
-    def single(self) -> np.ndarray:
-        """The reference's single box: the contour of largest area (first in OpenCV order)."""
-        areas = self.outer_areas()
-        best = np.flatnonzero(areas == areas.max())
-        if len(best) > 1:
-            best = best[np.argsort(self.tree_order()[best], kind="stable")]
-        return self.clip(self.outer_rects()[best[:1]])
 
-    def multi(self) -> np.ndarray:
-        return self.clip(np.concatenate([self.outer_rects(), self.hole_rects()]))
-
-
-def _reference_boxes_u8(
-    u8: np.ndarray, cuts: np.ndarray, multi_contour: bool
+def reference_boxes_u8(
+    u8: np.ndarray, cuts: Sequence[int] | np.ndarray, multi_contour: bool = False
 ) -> list[np.ndarray]:
+    """:func:`reference_boxes` of a map already quantised (:func:`quantise`), at integer cuts
+    (:func:`reference_thresholds`): foreground is ``u8 > cut``. One (n, 4) array per cut; a
+    cut at or above the map's maximum gives ``(0, 0, 0, 0)``.
+
+    Example:
+        >>> u8 = np.array([[0, 10, 10], [0, 0, 20]], np.uint8)
+        >>> [b.tolist() for b in reference_boxes_u8(u8, [0, 10, 20])]
+        [[[1, 0, 2, 1]], [[2, 1, 2, 1]], [[0, 0, 0, 0]]]
+    """
     out: list[np.ndarray] = []
     cache: dict[int, np.ndarray] = {}
     levels = np.unique(u8)
-    for cut in cuts.tolist():
+    for cut in np.asarray(cuts, dtype=np.int64).tolist():
         # foreground u8 > cut only changes at levels present in the map
         key = int(levels[np.searchsorted(levels, cut, side="right")]) if cut < levels[-1] else -1
         if key not in cache:
             if key < 0:
                 cache[key] = np.zeros((1, 4), dtype=np.int64)
             else:
-                c = _Contours(u8 > cut)
+                c = Contours(u8 > cut)
                 cache[key] = c.multi() if multi_contour else c.single()
         out.append(cache[key])
     return out
@@ -424,4 +435,4 @@ def reference_boxes(
     """
     u8 = quantise(cam)
     cuts = reference_thresholds(int(u8.max()) if u8.size else 0, cam_thresholds)
-    return _reference_boxes_u8(u8, cuts, multi_contour)
+    return reference_boxes_u8(u8, cuts, multi_contour)

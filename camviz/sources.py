@@ -1,7 +1,7 @@
 """Networks by name as plain modules, to convert or fine-tune (``camviz fine-tune --model``).
 
 :func:`load_source` gives a torchvision classification model (weights read with
-``weights_only=True``), a timm model (``timm:NAME``, when timm is installed) or a registered
+``weights_only=True``), a timm model (``timm/NAME``, when timm is installed) or a registered
 source (the demo world registers its fully connected baseline, ``"demo-fc"``) as an
 ``nn.Module`` with its class names and preprocessing; unlike :func:`camviz.load_model` it does
 not wrap the model as a GapNet, so families camviz refuses (VGG, AlexNet, MobileNetV3) load too.
@@ -22,6 +22,7 @@ from torch import nn
 
 from camviz.errors import WeightsUnavailable
 from camviz.images import Preprocess
+from camviz.zoo import imagenet_classes, require_timm, timm_transform
 
 
 @dataclass
@@ -49,30 +50,23 @@ def register_source(name: str, loader: Callable[[Any], Source]) -> None:
 
 
 def _timm_source(name: str, weights: Any) -> Source:
-    try:
-        import timm
-        from timm.data import resolve_data_config
-    except ImportError as err:
-        raise WeightsUnavailable(f"{name} needs timm: pip install 'camviz[timm]'") from err
+    timm = require_timm()
+    if not timm.is_model(name.split(".")[0]):
+        raise WeightsUnavailable(f"timm has no model {name!r}; see camviz.list_models('timm')")
     try:
         model = timm.create_model(name, pretrained=weights is not None)
-    except RuntimeError as err:  # timm raises RuntimeError for unknown names
-        raise WeightsUnavailable(f"timm cannot make {name!r} ({err})") from err
-    except OSError as err:
-        raise WeightsUnavailable(f"could not download timm weights for {name} ({err}); offline? "
-                                 "use --weights none for random weights") from err
-    cfg = resolve_data_config({}, model=model)
-    size = int(cfg["input_size"][-1])
-    tf = Preprocess(resize=int(size / cfg.get("crop_pct", 0.875)), crop=(size, size),
-                    mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                    interpolation=str(cfg.get("interpolation", "bilinear")))
-    return Source(model, None, tf)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise WeightsUnavailable(f"timm's pretrained weights of {name} are not available "
+                                 f"({err}); offline? use --weights none for random weights"
+                                 ) from err
+    n = int(model.get_classifier().out_features)
+    return Source(model, imagenet_classes() if n == 1000 else None, timm_transform(model))
 
 
 def load_source(name: str, weights: Any = "DEFAULT") -> Source:
-    """A network by name as a plain module: a registered source ("demo-fc"), ``timm:NAME``
-    (needs timm), or a torchvision classification model with ``weights`` ("DEFAULT", a weights
-    name, or None for random weights; downloads are read with ``weights_only=True``).
+    """A network by name as a plain module: a registered source ("demo-fc"), ``timm/NAME``
+    (needs timm), or a torchvision classification model with ``weights`` ("DEFAULT", a
+    weights name, or None for random weights; downloads are read with ``weights_only=True``).
 
     Example:
         >>> src = load_source("alexnet", weights=None)
@@ -81,13 +75,13 @@ def load_source(name: str, weights: Any = "DEFAULT") -> Source:
     """
     if name in _SOURCES:
         return _SOURCES[name](weights)
-    if name.startswith("timm:"):
+    if name.startswith(("timm:", "timm/")):
         return _timm_source(name[5:], weights)
     from torchvision import models as tvm
 
     if name not in tvm.list_models(module=tvm):
         raise WeightsUnavailable(
-            f"unknown model {name!r}: give a torchvision classification model name, timm:NAME, "
+            f"unknown model {name!r}: give a torchvision classification model name, timm/NAME, "
             f"one of {sorted(_SOURCES)}, or a .safetensors file written by camviz fine-tune")
     enum = tvm.get_model_weights(name)
     try:

@@ -1,5 +1,8 @@
 """Streaming, mergeable per-channel statistics: a quantile sketch and a top-k tracker.
 
+(Somewhat over 500 lines: the sketch, its queries and its state belong together; each class
+is short.)
+
 Both live on the device of the data they are fed, are vectorised over channels (one sort per
 level for all channels at once), keep memory bounded whatever the amount of data, and merge:
 two of them built over disjoint data answer as one built over the union (a sharded scan relies
@@ -54,7 +57,168 @@ def _sort_rows(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.sort(x.numpy(), axis=1))
     return torch.sort(x, dim=1).values
 
-class RunningQuantile:
+class _Answers:
+    """Quantiles and ranks of a :class:`RunningQuantile`'s weighted samples (its levels)."""
+
+    channels: int
+    count: int
+    levels: list[torch.Tensor]
+    min: torch.Tensor | None
+    max: torch.Tensor | None
+
+    def _weighted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool(getattr(self, "_nan", False)):
+            raise CamvizError(
+                "RunningQuantile was fed NaN values, so its quantiles mean nothing; "
+                "find where the NaNs come from (e.g. a diverged model) and start a new sketch."
+            )
+        vals = torch.cat(self.levels, dim=1)
+        w = torch.cat(
+            [
+                torch.full((lvl.shape[1],), 1 << h, dtype=torch.int64, device=vals.device)
+                for h, lvl in enumerate(self.levels)
+            ]
+        )
+        srt, order = torch.sort(vals, dim=1)
+        return srt, w[order]
+
+    @torch.no_grad()
+    def quantile(self, q: float | torch.Tensor) -> torch.Tensor:
+        """Per-channel quantile(s): ``(channels,)`` for a float, ``(len(q), channels)`` for levels.
+
+        Example:
+            >>> rq = RunningQuantile(channels=1)
+            >>> rq.update(torch.arange(101.0)[:, None])
+            >>> rq.quantile(torch.tensor([0.0, 0.5, 1.0]))[:, 0].tolist()
+            [0.0, 50.0, 100.0]
+        """
+        if self.min is None:
+            raise CamvizError("RunningQuantile has seen no data yet; call update() first.")
+        scalar = not torch.is_tensor(q)
+        qs = torch.as_tensor([q] if scalar else q, dtype=torch.float64).flatten().cpu()
+        if ((qs < 0) | (qs > 1)).any():
+            raise CamvizError(f"quantile levels must lie in [0, 1]; got {qs.tolist()}.")
+        srt, w = self._weighted()
+        cum = torch.cumsum(w, dim=1)  # (C, S) int64, last column == count
+        # smallest sample whose cumulative weight reaches q * n; exact integer target ceil(q*n)
+        target = torch.ceil(qs * self.count - 1e-6).clamp(min=1).to(torch.int64).to(srt.device)
+        idx = torch.searchsorted(cum, target[None, :].expand(self.channels, -1).contiguous())
+        idx = idx.clamp(max=srt.shape[1] - 1)
+        out = torch.gather(srt, 1, idx).T  # (L, C)
+        out = torch.maximum(torch.minimum(out, self.max[None]), self.min[None])
+        qd = qs.to(srt.device)[:, None]
+        out = torch.where(qd == 0, self.min[None].expand_as(out), out)
+        out = torch.where(qd == 1, self.max[None].expand_as(out), out)
+        return out[0] if scalar else out
+
+    def rank_error_bound(self) -> float:
+        """A worst-case bound on the rank error of any answer, as a fraction of the count:
+        each compaction of a sorted level of weight ``2**h`` moves the estimated rank of any
+        value by at most ``2**h``, so ``sum_h compactions_h * 2**h / count`` bounds it (a
+        merged sketch sums its parts' compactions). 0 while the sketch is exact.
+
+        Example:
+            >>> rq = RunningQuantile(channels=1, resolution=16)
+            >>> rq.update(torch.arange(10.0)[:, None]); rq.rank_error_bound()
+            0.0
+        """
+        if self.count == 0:
+            return 0.0
+        return sum(c << h for h, c in enumerate(self.compactions)) / self.count
+
+    @torch.no_grad()
+    def rank(self, value: torch.Tensor) -> torch.Tensor:
+        """Estimated fraction of values ``<= value`` per channel (value: ``(channels,)``).
+
+        Example:
+            >>> rq = RunningQuantile(channels=1)
+            >>> rq.update(torch.arange(100.0)[:, None])
+            >>> rq.rank(torch.tensor([49.0])).tolist()
+            [0.5]
+        """
+        if self.min is None:
+            raise CamvizError("RunningQuantile has seen no data yet; call update() first.")
+        srt, w = self._weighted()
+        v = value.to(srt.device, srt.dtype).reshape(self.channels, 1)
+        below = (w * (srt <= v)).sum(dim=1)
+        return below.to(torch.float64) / self.count
+
+
+class _State:
+    """A :class:`RunningQuantile` as flat tensors (npz friendly, no pickle), and back."""
+
+    channels: int
+    resolution: int
+    seed: int
+    count: int
+    compactions: list[int]
+    levels: list[torch.Tensor]
+    min: torch.Tensor | None
+    max: torch.Tensor | None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensor state (npz/safetensors friendly, no pickle needed).
+
+        Example:
+            >>> rq = RunningQuantile(2); rq.update(torch.rand(50, 2))
+            >>> sorted(RunningQuantile(2).load_state_dict(rq.state_dict()).state_dict()) == sorted(
+            ...     rq.state_dict())
+            True
+        """
+        meta = torch.tensor(
+            [self.channels, self.resolution, self.seed, self.count], dtype=torch.int64
+        )
+        state = {"meta": meta, "compactions": torch.tensor(self.compactions, dtype=torch.int64)}
+        if self.min is not None:
+            state["min"] = self.min
+            state["max"] = self.max
+            state["sizes"] = torch.tensor([lvl.shape[1] for lvl in self.levels], dtype=torch.int64)
+            state["samples"] = torch.cat(self.levels, dim=1)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> RunningQuantile:
+        """Restore a state from :meth:`state_dict` (on the device of its tensors); returns self.
+
+        Example:
+            >>> rq = RunningQuantile(1); rq.update(torch.rand(10, 1))
+            >>> RunningQuantile(1).load_state_dict(rq.state_dict()).count
+            10
+        """
+        meta = torch.as_tensor(state["meta"]).tolist()
+        channels, resolution, seed, count = (int(v) for v in meta)
+        if channels != self.channels:
+            raise CamvizError(
+                f"state has {channels} channels but this sketch has {self.channels}; "
+                "create RunningQuantile(channels) with the saved channel count."
+            )
+        self.resolution, self.seed, self.count = resolution, seed, count
+        self.compactions = [int(c) for c in torch.as_tensor(state["compactions"]).tolist()]
+        if "samples" not in state:
+            self.levels, self.min, self.max = [], None, None
+            return self
+        self.min = torch.as_tensor(state["min"])
+        self.max = torch.as_tensor(state["max"]).to(self.min.device)
+        self._nan = torch.isnan(self.min).any() | torch.isnan(self.max).any()
+        samples = torch.as_tensor(state["samples"]).to(self.min.device)
+        sizes = [int(s) for s in torch.as_tensor(state["sizes"]).tolist()]
+        self.levels = [t.contiguous() for t in torch.split(samples, sizes, dim=1)]
+        return self
+
+    def to(self, device: torch.device | str) -> RunningQuantile:
+        """Move the stored samples to ``device``; returns self.
+
+        Example:
+            >>> RunningQuantile(1).to("cpu").channels
+            1
+        """
+        self.levels = [lvl.to(device) for lvl in self.levels]
+        if self.min is not None:
+            self.min, self.max = self.min.to(device), self.max.to(device)
+            self._nan = self._nan.to(device)
+        return self
+
+
+class RunningQuantile(_Answers, _State):
     """Per-channel streaming quantile sketch (KLL, Karnin-Lang-Liberty 2016), mergeable.
 
     Level ``h`` holds samples of weight ``2**h``. When the sketch holds more than its
@@ -252,131 +416,6 @@ class RunningQuantile:
         self.max = torch.maximum(self.max, other.max.to(dev, dt))
         self.count += other.count
         self._compress()
-        return self
-
-    # ----------------------------------------------------------------- answers
-    def _weighted(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if bool(getattr(self, "_nan", False)):
-            raise CamvizError(
-                "RunningQuantile was fed NaN values, so its quantiles mean nothing; "
-                "find where the NaNs come from (e.g. a diverged model) and start a new sketch."
-            )
-        vals = torch.cat(self.levels, dim=1)
-        w = torch.cat(
-            [
-                torch.full((lvl.shape[1],), 1 << h, dtype=torch.int64, device=vals.device)
-                for h, lvl in enumerate(self.levels)
-            ]
-        )
-        srt, order = torch.sort(vals, dim=1)
-        return srt, w[order]
-
-    @torch.no_grad()
-    def quantile(self, q: float | torch.Tensor) -> torch.Tensor:
-        """Per-channel quantile(s): ``(channels,)`` for a float, ``(len(q), channels)`` for levels.
-
-        Example:
-            >>> rq = RunningQuantile(channels=1)
-            >>> rq.update(torch.arange(101.0)[:, None])
-            >>> rq.quantile(torch.tensor([0.0, 0.5, 1.0]))[:, 0].tolist()
-            [0.0, 50.0, 100.0]
-        """
-        if self.min is None:
-            raise CamvizError("RunningQuantile has seen no data yet; call update() first.")
-        scalar = not torch.is_tensor(q)
-        qs = torch.as_tensor([q] if scalar else q, dtype=torch.float64).flatten().cpu()
-        if ((qs < 0) | (qs > 1)).any():
-            raise CamvizError(f"quantile levels must lie in [0, 1]; got {qs.tolist()}.")
-        srt, w = self._weighted()
-        cum = torch.cumsum(w, dim=1)  # (C, S) int64, last column == count
-        # smallest sample whose cumulative weight reaches q * n; exact integer target ceil(q*n)
-        target = torch.ceil(qs * self.count - 1e-6).clamp(min=1).to(torch.int64).to(srt.device)
-        idx = torch.searchsorted(cum, target[None, :].expand(self.channels, -1).contiguous())
-        idx = idx.clamp(max=srt.shape[1] - 1)
-        out = torch.gather(srt, 1, idx).T  # (L, C)
-        out = torch.maximum(torch.minimum(out, self.max[None]), self.min[None])
-        qd = qs.to(srt.device)[:, None]
-        out = torch.where(qd == 0, self.min[None].expand_as(out), out)
-        out = torch.where(qd == 1, self.max[None].expand_as(out), out)
-        return out[0] if scalar else out
-
-    @torch.no_grad()
-    def rank(self, value: torch.Tensor) -> torch.Tensor:
-        """Estimated fraction of values ``<= value`` per channel (value: ``(channels,)``).
-
-        Example:
-            >>> rq = RunningQuantile(channels=1)
-            >>> rq.update(torch.arange(100.0)[:, None])
-            >>> rq.rank(torch.tensor([49.0])).tolist()
-            [0.5]
-        """
-        if self.min is None:
-            raise CamvizError("RunningQuantile has seen no data yet; call update() first.")
-        srt, w = self._weighted()
-        v = value.to(srt.device, srt.dtype).reshape(self.channels, 1)
-        below = (w * (srt <= v)).sum(dim=1)
-        return below.to(torch.float64) / self.count
-
-    # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensor state (npz/safetensors friendly, no pickle needed).
-
-        Example:
-            >>> rq = RunningQuantile(2); rq.update(torch.rand(50, 2))
-            >>> sorted(RunningQuantile(2).load_state_dict(rq.state_dict()).state_dict()) == sorted(
-            ...     rq.state_dict())
-            True
-        """
-        meta = torch.tensor(
-            [self.channels, self.resolution, self.seed, self.count], dtype=torch.int64
-        )
-        state = {"meta": meta, "compactions": torch.tensor(self.compactions, dtype=torch.int64)}
-        if self.min is not None:
-            state["min"] = self.min
-            state["max"] = self.max
-            state["sizes"] = torch.tensor([lvl.shape[1] for lvl in self.levels], dtype=torch.int64)
-            state["samples"] = torch.cat(self.levels, dim=1)
-        return state
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> RunningQuantile:
-        """Restore a state from :meth:`state_dict` (on the device of its tensors); returns self.
-
-        Example:
-            >>> rq = RunningQuantile(1); rq.update(torch.rand(10, 1))
-            >>> RunningQuantile(1).load_state_dict(rq.state_dict()).count
-            10
-        """
-        meta = torch.as_tensor(state["meta"]).tolist()
-        channels, resolution, seed, count = (int(v) for v in meta)
-        if channels != self.channels:
-            raise CamvizError(
-                f"state has {channels} channels but this sketch has {self.channels}; "
-                "create RunningQuantile(channels) with the saved channel count."
-            )
-        self.resolution, self.seed, self.count = resolution, seed, count
-        self.compactions = [int(c) for c in torch.as_tensor(state["compactions"]).tolist()]
-        if "samples" not in state:
-            self.levels, self.min, self.max = [], None, None
-            return self
-        self.min = torch.as_tensor(state["min"])
-        self.max = torch.as_tensor(state["max"]).to(self.min.device)
-        self._nan = torch.zeros((), dtype=torch.bool, device=self.min.device)
-        samples = torch.as_tensor(state["samples"]).to(self.min.device)
-        sizes = [int(s) for s in torch.as_tensor(state["sizes"]).tolist()]
-        self.levels = [t.contiguous() for t in torch.split(samples, sizes, dim=1)]
-        return self
-
-    def to(self, device: torch.device | str) -> RunningQuantile:
-        """Move the stored samples to ``device``; returns self.
-
-        Example:
-            >>> RunningQuantile(1).to("cpu").channels
-            1
-        """
-        self.levels = [lvl.to(device) for lvl in self.levels]
-        if self.min is not None:
-            self.min, self.max = self.min.to(device), self.max.to(device)
-            self._nan = self._nan.to(device)
         return self
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import camviz
-from camviz import cli
+from camviz import runner
+from camviz.cli import main
 
 
 @pytest.fixture
@@ -27,58 +30,143 @@ def _snapshot(path):
     return sorted((p.relative_to(path), p.stat().st_mtime_ns) for p in path.rglob("*"))
 
 
+def _records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _by_name(out, folder):
+    return {Path(r["image"]).relative_to(folder).as_posix(): r for r in _records(out)}
+
+
 def test_run_writes_overlays_records_and_skips_bad_files(folder, tmp_path, tiny_net) -> None:
     before = _snapshot(folder)
     out = tmp_path / "out"
-    counts = cli.run_images(tiny_net, [folder], out, topk=3, progress=False)
+    counts = runner.run_images(tiny_net, [folder], out, topk=3, progress=False)
     assert counts == {"done": 3, "skipped": 0, "failed": 1}
-    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    by_key = {r["key"]: r for r in recs}
-    assert set(by_key) == {"a.png", "sub__a.png", "gray.jpg", "fake.jpg"}
-    assert by_key["fake.jpg"]["status"] == "error"
-    assert "not a readable image" in by_key["fake.jpg"]["error"]
-    ok = by_key["a.png"]
-    assert [t["class"] for t in ok["top"]] == sorted(
-        range(5), key=lambda c: -tiny_net.run([folder / "a.png"]).logits[0, c].item()
-    )[:3]
-    assert abs(sum(t["prob"] for t in ok["top"]) - 1) < 1  # probabilities, not logits
+    by_name = _by_name(out, folder)
+    assert set(by_name) == {"a.png", "sub/a.png", "gray.jpg", "fake.jpg"}
+    assert by_name["fake.jpg"]["status"] == "error"
+    assert "not a readable image" in by_name["fake.jpg"]["error"]
+    ok = by_name["a.png"]
+    res = tiny_net.run([folder / "a.png"])
+    assert [t["class"] for t in ok["top"]] == res.logits[0].argsort(descending=True)[:3].tolist()
+    probs = res.probs[0].sort(descending=True).values[:3]
+    assert [t["prob"] for t in ok["top"]] == [round(float(p), 6) for p in probs]
+    # two files with one name never share outputs
+    assert by_name["a.png"]["key"] != by_name["sub/a.png"]["key"]
     for f in ok["overlays"] + [ok["panel"]]:
         assert Image.open(out / f).size[0] > 0
     assert _snapshot(folder) == before  # nothing written next to inputs
     assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
 
 
-def test_rerun_resumes(folder, tmp_path, tiny_net) -> None:
+def test_rerun_resumes_and_repairs_a_half_written_line(folder, tmp_path, tiny_net) -> None:
     out = tmp_path / "out"
-    cli.run_images(tiny_net, [folder / "a.png"], out, progress=False)
-    # a crash left half a line behind: that image is redone, finished ones are not
+    runner.run_images(tiny_net, [folder / "a.png"], out, progress=False)
+    # a crash left half a line behind: it is cut, that image is redone, nothing is lost
     with (out / "results.jsonl").open("a") as f:
         f.write('{"key": "gray.jp')
-    counts = cli.run_images(tiny_net, [folder / "a.png", folder / "gray.jpg"], out, progress=False)
+    both = [folder / "a.png", folder / "gray.jpg"]
+    counts = runner.run_images(tiny_net, both, out, progress=False)
     assert counts == {"done": 1, "skipped": 1, "failed": 0}
-    counts = cli.run_images(tiny_net, [folder], out, progress=False)
-    assert counts["skipped"] == 1 + 0 and counts["done"] == 2  # keys are relative to the folder now
-    again = cli.run_images(tiny_net, [folder], out, progress=False)
+    assert [Path(r["image"]).name for r in _records(out)] == ["a.png", "gray.jpg"]
+    # the same files given through their folder are the same inputs
+    counts = runner.run_images(tiny_net, [folder], out, progress=False)
+    assert counts == {"done": 1, "skipped": 2, "failed": 1}
+    again = runner.run_images(tiny_net, [folder], out, progress=False)
     assert again == {"done": 0, "skipped": 4, "failed": 0}
-    retry = cli.run_images(tiny_net, [folder], out, progress=False, retry_errors=True)
+    retry = runner.run_images(tiny_net, [folder], out, progress=False, retry_errors=True)
     assert retry == {"done": 0, "skipped": 3, "failed": 1}
 
 
-def test_image_keys_are_unique_and_safe(tmp_path) -> None:
-    keys = cli.image_keys(
-        [tmp_path / "x" / "a b.png", tmp_path / "y" / "..png", tmp_path / "x" / "c.png"]
-    )
-    assert keys == ["x__a_b.png", "y__png", "x__c.png"]
-    assert all("/" not in k and ".." not in k for k in keys)
+def test_a_changed_or_new_file_of_the_same_name_is_not_skipped(folder, tmp_path, tiny_net,
+                                                               rgb_image) -> None:
+    out = tmp_path / "out"
+    runner.run_images(tiny_net, [folder / "a.png"], out, progress=False)
+    Image.fromarray(rgb_image[:, ::-1]).save(folder / "a.png")  # edited in place
+    other = tmp_path / "other" / "a.png"  # a new image with an old one's name
+    other.parent.mkdir()
+    Image.fromarray(rgb_image[::2, ::2]).save(other)
+    counts = runner.run_images(tiny_net, [folder / "a.png", other], out, progress=False)
+    assert counts == {"done": 2, "skipped": 0, "failed": 0}
+    recs = _records(out)
+    assert len({r["key"] for r in recs}) == 2  # the edited file reused its folder, the new one not
+    new = tiny_net.run([folder / "a.png"]).topk(1).indices[0, 0].item()
+    last = [r for r in recs if r["image"] == str(folder / "a.png")][-1]
+    assert last["top"][0]["class"] == new
+
+
+def test_rerun_with_other_settings_is_refused_not_mixed(folder, tmp_path, tiny_net) -> None:
+    out = tmp_path / "out"
+    runner.run_images(tiny_net, [folder / "a.png"], out, topk=3, progress=False)
+    before = (out / "results.jsonl").read_text()
+    with pytest.raises(camviz.CamvizError, match="was made with other settings.*topk"):
+        runner.run_images(tiny_net, [folder / "gray.jpg"], out, topk=2, progress=False)
+    other = camviz.GapNet(tiny_net.model.features, torch.nn.Linear(12, 5), device="cpu",
+                          transform=tiny_net.transform)
+    with pytest.raises(camviz.CamvizError, match="model_fingerprint"):
+        runner.run_images(other, [folder / "gray.jpg"], out, topk=3, progress=False)
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_output_inside_the_input_is_not_read_back(folder, tiny_net) -> None:
+    out = folder / "maps"
+    first = runner.run_images(tiny_net, [folder], out, progress=False)
+    again = runner.run_images(tiny_net, [folder], out, progress=False)
+    assert first == {"done": 3, "skipped": 0, "failed": 1}
+    assert again == {"done": 0, "skipped": 4, "failed": 0}
+
+
+def test_leftover_temporary_files_go_and_outputs_get_normal_permissions(folder, tmp_path,
+                                                                        tiny_net) -> None:
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".camviz-tmp-999999999-abcd-panel.png"
+    stale.write_bytes(b"half")
+    old = os.umask(0o022)
+    try:
+        runner.run_images(tiny_net, [folder / "a.png"], out, progress=False)
+    finally:
+        os.umask(old)
+    assert not stale.exists() and not list(out.rglob(".camviz-tmp-*"))
+    modes = {oct(p.stat().st_mode & 0o777) for p in out.rglob("*.png")}
+    assert modes == {"0o644"}
+
+
+def test_bad_output_folders_and_options_fail_early_in_one_line(folder, tmp_path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["run", str(folder / "a.png"), "--model", "demo", "--weights", "none", "--no-progress"]
+    assert main([*base, "--device", "cpu", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"camviz: error: --out {afile} is a file; give a folder (it is created if "
+                   "missing)")
+    assert main([*base, "--device", "cpu", "--out", str(afile / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("camviz: error: cannot create the output folder") and "\n" not in err
+    for bad in (["--topk", "0"], ["--batch-size", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, "--out", str(tmp_path / "o"), *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "must be at least 1" in err and len(err.splitlines()) == 1
+    assert main([*base, "--device", "tpu", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_main_reports_errors_in_one_line(tmp_path, capsys) -> None:
-    code = cli.main(
+    code = main(
         ["run", str(tmp_path / "missing.png"), "--model", "nope-net", "--out", str(tmp_path / "o")]
     )
     assert code == 2
     assert capsys.readouterr().err.startswith("camviz: error: unknown model 'nope-net'")
-    code = cli.main(
+    code = main(
         [
             "run",
             str(tmp_path),
@@ -100,7 +188,7 @@ def test_cli_with_a_torchvision_model(tmp_path, rgb_image) -> None:
     Image.fromarray(np.asarray(Image.fromarray(rgb_image).resize((260, 240)))).save(
         tmp_path / "i.png"
     )
-    code = cli.main(
+    code = main(
         [
             "run",
             str(tmp_path / "i.png"),
@@ -119,6 +207,19 @@ def test_cli_with_a_torchvision_model(tmp_path, rgb_image) -> None:
     )
     assert code == 0
     rec = json.loads((tmp_path / "o" / "results.jsonl").read_text())
-    assert rec["input_size"] == [224, 224] and len(rec["top"]) == 2
+    # the whole view (default): the shorter side resized to 256 as the weights do, no crop
+    assert rec["view"] == "whole" and rec["input_size"] == [256, 277] and len(rec["top"]) == 2
+    assert rec["image_size"] == [240, 260] and rec["region"] == [0, 0, 260, 240]
+    assert Image.open(tmp_path / "o" / rec["overlays"][0]).size == (260, 240)
     net = camviz.load_model("resnet18", weights=None, device="cpu")
     assert rec["top"][0]["name"] in net.classes
+    main(["run", str(tmp_path / "i.png"), "--model", "resnet18", "--weights", "none",
+          "--topk", "2", "--out", str(tmp_path / "c"), "--no-progress", "--device", "cpu",
+          "--view", "crop"])
+    crop = json.loads((tmp_path / "c" / "results.jsonl").read_text())
+    # resized to 256 x 277, centre crop 224 at top 16, left round(26.5) = 26; back in the
+    # 240 x 260 photo's pixels (x 240/256, x 260/277): left 24.4, top 15, right 234.6, bottom 225
+    assert crop["view"] == "crop" and crop["input_size"] == [224, 224]
+    assert crop["region"] == [24, 15, 235, 225]
+    for x0, y0, x1, y1 in crop["boxes"]:
+        assert 24 <= x0 <= x1 < 235 and 15 <= y0 <= y1 < 225

@@ -15,14 +15,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import camviz
-from camviz import cli_finetune
+from camviz.cli import finetune as cli_finetune
 from camviz.cli import main
 from camviz.convert import GapConverted, load_converted, read_converted, save_converted, to_gap
+from camviz.datasets import PartsFolder
 from camviz.demo.fcnet import FcNet
 from camviz.errors import DatasetError, NotAGapNetwork, WeightsUnavailable
 from camviz.finetune import CheckpointMismatch, Settings, dataset_classes, fine_tune, train
 from camviz.sources import Source, load_source, register_source
-from camviz.units import PartsFolder
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "demo-fixture"
 SMALL = camviz.Preprocess(resize=(64, 64), crop=None, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -183,7 +183,7 @@ def test_timm_mobilenetv3_moves_conv_head_before_pooling() -> None:
         assert old.abs().amax() > 0.01
         torch.testing.assert_close(gap(x1), old, atol=1e-5 * float(old.abs().amax()), rtol=1e-5)
     _exact(camviz.GapNet.from_model(gap, device="cpu", probe_size=64), torch.randn(2, 3, 64, 64))
-    src = load_source("timm:mobilenetv3_small_100", weights=None)
+    src = load_source("timm/mobilenetv3_small_100", weights=None)
     assert src.transform.crop == (224, 224) and src.transform.resize == 256
     assert type(to_gap(src.model)).__name__ == "GapConverted"
 

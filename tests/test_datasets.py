@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -34,13 +34,6 @@ def _write(d: Path, **files: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (d / f"{name}.txt").write_text(text)
-
-
-@pytest.mark.parametrize("name", ["localize", "metrics", "datasets"])
-def test_docstring_examples(name):
-    mod = importlib.import_module(f"camviz.{name}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
 
 
 # ---------------------------------------------------------------- paths
@@ -136,13 +129,109 @@ def test_missing_mask_is_reported_not_fatal(tmp_path):
 def test_malformed_metadata_says_what_is_wrong(tmp_path):
     _img(tmp_path / "x.png")
     _write(tmp_path, image_ids="x.png\n", class_labels="x.png,cat\n")
-    with pytest.raises(DatasetError, match="not a number"):
+    with pytest.raises(DatasetError, match=r"class_labels.txt:1: 'cat' is not an integer"):
         WsolMetadata(tmp_path)
     _write(tmp_path, image_ids="x.png\n", class_labels="x.png,0\n", localization="x.png,1,2\n")
     with pytest.raises(DatasetError, match="x0,y0,x1,y1"):
         WsolMetadata(tmp_path)
     with pytest.raises(DatasetError, match="image_ids.txt"):
         WsolMetadata(tmp_path / "nope")
+
+
+QUIRKS = {
+    # file -> (contents, expected message)
+    "duplicate id": ({"image_ids": "x.png\ny.png\nx.png\n"},
+                     r"image_ids.txt:3: 'x.png' is listed twice \(also on line 1\)"),
+    "zero size": ({"image_sizes": "x.png,0,10\n"}, r"image_sizes.txt:1: 0 is below 1"),
+    "negative label": ({"class_labels": "x.png,-1\ny.png,0\n"},
+                       r"class_labels.txt:1: -1 is below 0"),
+    "float label": ({"class_labels": "x.png,1.5\ny.png,0\n"},
+                    r"class_labels.txt:1: '1.5' is not an integer"),
+    "two labels": ({"class_labels": "x.png,1\ny.png,0\nx.png,2\n"},
+                   r"class_labels.txt:3: 'x.png' has two labels \(1 and 2\)"),
+    "inf box": ({"localization": "x.png,0,0,inf,4\n"}, r"localization.txt:1: box coordinate"),
+    "huge box": ({"localization": "x.png,0,0,1e12,4\n"}, r"localization.txt:1: box coordinate"),
+    "inverted box": ({"localization": "x.png,5,0,2,4\n"}, r"x1 < x0 or y1 < y0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUIRKS))
+def test_metadata_quirks_are_errors_naming_file_and_line(tmp_path, name):
+    _img(tmp_path / "x.png")
+    _img(tmp_path / "y.png")
+    files = {"image_ids": "x.png\ny.png\n", "class_labels": "x.png,0\ny.png,1\n",
+             "localization": "x.png,0,0,4,4\ny.png,0,0,4,4\n"}
+    changed, message = QUIRKS[name]
+    _write(tmp_path, **{**files, **changed})
+    with pytest.raises(DatasetError, match=message):
+        WsolMetadata(tmp_path)
+
+
+def test_bom_crlf_are_read_and_nul_latin1_are_errors(tmp_path):
+    _img(tmp_path / "x.png")
+    _img(tmp_path / "y.png")
+    (tmp_path / "image_ids.txt").write_bytes(b"\xef\xbb\xbfx.png\r\ny.png\r\n")
+    (tmp_path / "class_labels.txt").write_bytes(b"x.png,0\r\ny.png,1\r\n")
+    meta = WsolMetadata(tmp_path)
+    assert [r.image_id for r in meta.records] == ["x.png", "y.png"]  # the BOM lost no image
+    assert [r.label for r in meta.records] == [0, 1]
+    (tmp_path / "class_labels.txt").write_bytes(b"x.png,0\ny.png,\x001\n")
+    with pytest.raises(DatasetError, match=r"class_labels.txt:2: a NUL byte"):
+        WsolMetadata(tmp_path)
+    (tmp_path / "class_labels.txt").write_bytes("x.png,0\nyé.png,1\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"class_labels.txt:2: not UTF-8 text"):
+        WsolMetadata(tmp_path)
+
+
+def test_a_bad_split_json_names_the_file(tmp_path):
+    from camviz.datasets import PartsFolder
+
+    _img(tmp_path / "x.png")
+    _write(tmp_path, image_ids="x.png\n", class_labels="x.png,0\n", parts="x.png,disc,x.png\n")
+    (tmp_path / "split.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"split.json is not a camviz split description"):
+        PartsFolder(tmp_path)
+    (tmp_path / "split.json").write_text('{"parts": "disc"}')
+    with pytest.raises(DatasetError, match=r"'parts' must be a list"):
+        PartsFolder(tmp_path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["image_ids", "class_labels", "image_sizes",
+                                        "localization", "localization_masks"]),
+                       st.binary(max_size=200)))
+def test_arbitrary_metadata_bytes_give_records_or_a_dataset_error(files):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp())
+    _img(root / "x.png")
+    (root / "image_ids.txt").write_bytes(b"x.png\n")
+    for name, data in files.items():
+        (root / f"{name}.txt").write_bytes(data)
+    try:
+        meta = WsolMetadata(root)
+    except DatasetError:
+        return
+    for rec in meta.records:
+        assert rec.boxes.shape[1] == 4 and rec.label >= -1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"GIF89a",
+                                                  b"\xff\xd8\xff", b"BM", b"II*\x00"]))
+def test_arbitrary_image_bytes_give_an_image_or_an_image_error(data, magic):
+    import tempfile
+
+    from camviz.errors import ImageError
+    from camviz.images import load_image
+
+    p = Path(tempfile.mkdtemp()) / "f.img"
+    p.write_bytes(magic + data)
+    try:
+        img = load_image(p)
+    except ImageError:
+        return
+    assert img.mode == "RGB" and min(img.size) >= 1
 
 
 # ---------------------------------------------------------------- boxes and the torch Dataset

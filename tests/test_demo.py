@@ -35,16 +35,6 @@ def _digest(split: str, indices: range) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("name", ["", ".world", ".groundtruth", ".net", ".train", ".__main__"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    mod = importlib.import_module(f"camviz.demo{name}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.failed == 0
-
-
 # -- determinism ---------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""``camviz eval`` and camviz.cli_eval.evaluate: scores, failures, specs, JSON; boxes in run."""
+"""``camviz eval`` and camviz.evaluate.evaluate: scores, failures, specs, JSON; boxes in run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from camviz.cli import build_parser, main
-from camviz.cli_eval import eval_transform, evaluate, gt_maps, resolve_eval_data
 from camviz.datasets import WsolDataset, WsolMetadata
+from camviz.datasets import resolve_metadata as resolve_eval_data
 from camviz.errors import DatasetError
+from camviz.evaluate import eval_transform, evaluate, gt_maps
 from camviz.metrics import BoxAccuracy, PixelAP
 
 
@@ -123,9 +124,9 @@ def test_resolve_eval_data_specs(tmp_path):
 
 
 def test_cli_eval_json(tmp_path, capsys, monkeypatch, tiny_net):
-    import camviz.gapnet
+    import camviz
 
-    monkeypatch.setattr(camviz.gapnet, "load_model", lambda *a, **k: tiny_net)
+    camviz.register_model("tiny", lambda weights, device: tiny_net, replace=True)
     root = _split(tmp_path / "s")
     assert build_parser().parse_args(["eval", "--data", str(root)]).command == "eval"
     code = main(["eval", "--model", "tiny", "--data", str(root), "--json", "--no-progress"])
@@ -134,20 +135,21 @@ def test_cli_eval_json(tmp_path, capsys, monkeypatch, tiny_net):
     assert out["model"] == "tiny" and out["images"] == 5 and "curves" not in out
     main(["eval", "--model", "tiny", "--data", str(root), "--no-progress"])
     text = capsys.readouterr().out
-    assert "MaxBoxAccV2" in text and "failed to load: 1" in text and "missing" in text
+    assert "MaxBoxAccV2" in text and "failed (left out): 1" in text and "missing" in text
 
 
 def test_camviz_run_records_boxes(tiny_net, tmp_path):
-    from camviz.cli import RESULTS, run_images
+    from camviz.runner import RESULTS, run_images
 
     img = tmp_path / "in" / "a.png"
     img.parent.mkdir()
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(img)
     run_images(tiny_net, [str(img)], tmp_path / "out", topk=3, progress=False)
     rec = json.loads((tmp_path / "out" / RESULTS).read_text().splitlines()[0])
-    assert len(rec["boxes"]) == 3
-    for x0, y0, x1, y1 in rec["boxes"]:
-        assert 0 <= x0 <= x1 < 32 and 0 <= y0 <= y1 < 32
+    assert len(rec["boxes"]) == 3 and rec["image_size"] == [40, 40]
+    assert rec["box_space"].startswith("photo pixels")
+    for x0, y0, x1, y1 in rec["boxes"]:  # in the 40 x 40 photo's pixels, not the 32 x 32 input's
+        assert 0 <= x0 <= x1 < 40 and 0 <= y0 <= y1 < 40
 
 
 def test_masks_only_split_gives_pxap_and_classification(tiny_net, tmp_path):
@@ -156,3 +158,28 @@ def test_masks_only_split_gives_pxap_and_classification(tiny_net, tmp_path):
     out = evaluate(tiny_net, meta, progress=False)
     assert out["images"] == 5 and out["top5_cls"] == 100.0
     assert 0.0 <= out["PxAP"] <= 100.0 and "MaxBoxAccV2" not in out
+
+
+def test_eval_reads_the_stored_frame_and_flags_sizes_that_disagree(tiny_net, tmp_path):
+    """A photo with an EXIF rotation: boxes are in the stored frame (the reference ignores
+    EXIF), and a size in image_sizes.txt that is not the file's is reported."""
+    root = tmp_path / "s"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    img = Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8))  # 50 wide, 30 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": an upright viewer shows it 30 wide, 50 high
+    img.save(root / "images/a.jpg", exif=exif.tobytes())
+    img.save(root / "images/b.jpg")
+    (root / "image_ids.txt").write_text("images/a.jpg\nimages/b.jpg\n")
+    (root / "class_labels.txt").write_text("images/a.jpg,0\nimages/b.jpg,1\n")
+    (root / "image_sizes.txt").write_text("images/a.jpg,50,30\nimages/b.jpg,40,30\n")
+    (root / "localization.txt").write_text("images/a.jpg,5,5,40,20\nimages/b.jpg,5,5,30,20\n")
+    from camviz.images import load_image
+
+    assert load_image(root / "images/a.jpg").size == (30, 50)  # upright for people
+    ds = WsolDataset(WsolMetadata(root), transform=eval_transform(tiny_net))
+    assert ds[0]["stored_size"] == (50, 30)  # the frame of the boxes
+    out = evaluate(tiny_net, WsolMetadata(root), progress=False)
+    assert out["images"] == 2
+    assert out["size_mismatch"] == [["images/b.jpg", [40, 30], [50, 30]]]

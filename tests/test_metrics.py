@@ -8,6 +8,8 @@ checked against an independent per-threshold count.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from camviz import metrics
+from camviz import onepass
 from camviz.errors import CamvizError
-from camviz.localize import InvalidMap, _reference_boxes_u8, quantise
+from camviz.localize import InvalidMap, quantise, reference_boxes_u8
 from camviz.metrics import (
     BoxAccuracy,
     ClassicLocalization,
@@ -87,21 +89,20 @@ def _random_gt(rng, h, w):
     return out
 
 
-@pytest.mark.parametrize("method", ["fast", "numpy"])
-def test_fast_curves_equal_naive_curves_on_random_maps(method):
+def test_fast_curves_equal_naive_curves_on_random_maps():
     rng = np.random.default_rng(7)
     ts = default_cam_thresholds()
     for i in range(180):
         cam = _random_map(rng, i % 6)
         gt = _random_gt(rng, *cam.shape)
         for multi in (False, True):
-            fast = best_iou_curve(cam, gt, ts, multi, method)
+            fast = best_iou_curve(cam, gt, ts, multi, "fast")
             naive = best_iou_curve(cam, gt, ts, multi, "naive")
             assert np.array_equal(fast, naive), (i, multi)
 
 
 def test_one_pass_kernel_is_the_default_and_is_compiled():
-    assert metrics._kernel() is not None  # numba is a dependency
+    assert onepass.compiled() is not None  # numba is a dependency
     cam = np.zeros((6, 6))
     cam[1:5, 1:5] = 1.0
     cam[2:4, 2:4] = 0.3  # a ring with a hole
@@ -113,30 +114,33 @@ def test_one_pass_kernel_is_the_default_and_is_compiled():
         )
 
 
-def test_without_numba_the_default_is_the_numpy_path(monkeypatch):
-    monkeypatch.setattr(metrics, "_KERNEL", False)  # as when numba cannot be imported
-    assert metrics._kernel() is None
-    rng = np.random.default_rng(3)
-    for i in range(12):
-        cam = _random_map(rng, i % 6)
-        gt = _random_gt(rng, *cam.shape)
-        for multi in (False, True):
-            assert np.array_equal(
-                best_iou_curve(cam, gt, multi_contour=multi),
-                best_iou_curve(cam, gt, multi_contour=multi, method="naive"),
-            )
+def test_without_numba_the_box_metrics_say_to_install_it(monkeypatch):
+    monkeypatch.setattr(onepass, "_KERNEL", None)  # not compiled yet
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    cam = np.zeros((4, 4))
+    cam[1:3, 1:3] = 1.0
+    msg = (
+        "the box metrics need numba: pip install numba "
+        "(or pass method='naive' to best_iou_curve, about 50x slower)"
+    )
+    with pytest.raises(CamvizError, match=re.escape(msg)):
+        best_iou_curve(cam, [[1, 1, 2, 2]])
+    with pytest.raises(CamvizError, match="pip install numba"):
+        BoxAccuracy().update(cam, [[1, 1, 2, 2]])
+    # the oracle needs no numba
+    assert best_iou_curve(cam, [[1, 1, 3, 3]], [0.5], method="naive").tolist() == [1.0]
 
 
 def test_numba_cache_goes_under_the_camviz_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path))
-    assert metrics._cache_dir() == str(tmp_path / "numba")
+    assert onepass.cache_dir() == str(tmp_path / "numba")
     monkeypatch.delenv("CAMVIZ_CACHE")
-    assert metrics._cache_dir().endswith(os.path.join(".cache", "camviz", "numba"))
+    assert onepass.cache_dir().endswith(os.path.join(".cache", "camviz", "numba"))
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
-    assert metrics._cache_dir() == str(tmp_path / "mine")
-    metrics._kernel()
-    pkg = Path(metrics.__file__).parent
+    assert onepass.cache_dir() == str(tmp_path / "mine")
+    onepass.compiled()
+    pkg = Path(onepass.__file__).parent
     assert not [f for f in pkg.rglob("*") if f.suffix in (".nbi", ".nbc")]  # nothing in camviz/
 
 
@@ -203,7 +207,6 @@ def test_fast_equals_naive_on_rings_chains_pixels_and_ties(cam, gt, multi):
     ts = default_cam_thresholds()
     naive = best_iou_curve(cam, [gt], ts, multi, "naive")
     assert np.array_equal(best_iou_curve(cam, [gt], ts, multi, "fast"), naive)
-    assert np.array_equal(best_iou_curve(cam, [gt], ts, multi, "numpy"), naive)
 
 
 def _fast_and_naive(cam, gts, multi):
@@ -257,8 +260,8 @@ def _kernel_flags(cam, key, multi=False):
     h, w = u8.shape
     out, undecided = np.zeros(1), np.zeros(1, dtype=bool)
     ws, added = np.empty((17, (h + 2) * (w + 2)), np.int32), np.empty((h + 2) * (w + 2), np.uint8)
-    metrics._kernel()(
-        u8, np.array([key], np.int64), np.array([[0, 0, 2, 2]]), multi, metrics._TABLES, ws,
+    onepass.compiled()(
+        u8, np.array([key], np.int64), np.array([[0, 0, 2, 2]]), multi, onepass._TABLES, ws,
         added, out, undecided,
     )
     return undecided[0]
@@ -276,7 +279,7 @@ def test_tie_with_holes_is_decided_by_contour_order():
 
 def test_undecided_levels_take_the_exact_path(monkeypatch):
     """Levels the kernel leaves undecided are recomputed exactly (here: all of them)."""
-    kernel = metrics._kernel()
+    kernel = onepass.compiled()
 
     def unsure(*args):
         kernel(*args)
@@ -291,8 +294,8 @@ def test_undecided_levels_take_the_exact_path(monkeypatch):
         if not len(keys):
             continue
         for multi in (False, True):
-            got = metrics._onepass_curve(u8, keys, gt, multi, unsure)
-            boxes = _reference_boxes_u8(u8, keys - 1, multi)  # foreground u8 > key - 1
+            got = onepass.iou_by_level(u8, keys, gt, multi, unsure)
+            boxes = reference_boxes_u8(u8, keys - 1, multi)  # foreground u8 > key - 1
             want = [box_iou(b, gt).max() for b in boxes]
             assert np.array_equal(got, want), (i, multi)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import camviz
-from camviz.result import min_max
+from camviz.maps import min_max
 
 
 def test_class_specs_per_image_and_shared(tiny_net: camviz.GapNet) -> None:

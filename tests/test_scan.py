@@ -185,8 +185,8 @@ def test_scan_is_exported():
 
 
 def test_folders_with_the_same_ids_have_different_fingerprints(tmp_path):
+    from camviz.datasets import PartsFolder
     from camviz.demo import demo_transform, write_split
-    from camviz.units import PartsFolder
 
     a = PartsFolder(write_split("test", 2, tmp_path / "a", progress=False), demo_transform())
     b = PartsFolder(write_split("val", 2, tmp_path / "b", progress=False), demo_transform())

@@ -230,11 +230,32 @@ def test_stats_of_another_network_are_refused(net, images):
         Browser(net, images, stats)
 
 
+def _find(big: np.ndarray, small: np.ndarray) -> tuple[int, int] | None:
+    """Top-left corner of the first exact copy of ``small`` inside ``big``, or None."""
+    h, w = small.shape[:2]
+    ys, xs = np.nonzero((big == small[h // 2, w // 2]).all(-1))
+    for y, x in zip(ys - h // 2, xs - w // 2, strict=True):
+        if 0 <= y <= big.shape[0] - h and 0 <= x <= big.shape[1] - w and np.array_equal(
+                big[y:y + h, x:x + w], small):
+            return int(y), int(x)
+    return None
+
+
 def test_composite_export_without_browser(net, images, tmp_path):
     b = Browser(net, images, units=3)
     b.threshold.value = 0.4
     img = b.composite()
-    assert img.mode == "RGB" and img.width >= 48 and img.height > 40 + 3 * 0
+    main = np.asarray(b.composite(units=False))
+    arr = np.asarray(img)
+    assert img.mode == "RGB" and img.height > main.shape[0]
+    np.testing.assert_array_equal(arr[:main.shape[0], :main.shape[1]], main)  # the view on top
+    # under it, one row: the unit tiles the panel shows, left to right
+    tiles = [t.tile for t in b.view.frame.units]
+    assert len(tiles) == 3 and tiles[0].shape == (80, 96, 3)  # 40 x 48 at TILE 96
+    at = [_find(arr, t) for t in tiles]
+    assert all(p is not None for p in at), at
+    assert len({y for y, _ in at}) == 1 and at[0][0] >= main.shape[0]
+    assert [x for _, x in at] == sorted(x for _, x in at)
     out = b.save(tmp_path / "view", format="composite")
     assert out == tmp_path / "view.png" and Image.open(out).size == img.size
     b.export_name.value = str(tmp_path / "ui-view")
@@ -286,8 +307,8 @@ def test_browse_accepts_a_model_name_and_a_folder(tmp_path, images, monkeypatch)
     for i, im in enumerate(images[:2]):
         Image.fromarray(im).save(tmp_path / f"{i}.png")
     net = _net()
-    monkeypatch.setattr(camviz.gapnet, "load_model", lambda name: net)
-    b = camviz.browse("whatever", tmp_path)
+    camviz.register_model("browse-test", lambda weights, device: net, replace=True)
+    b = camviz.browse("browse-test", tmp_path)
     assert [lab for lab, _ in b.image_picker.options] == ["0.png", "1.png"]
     assert b.net is net
 
@@ -305,16 +326,6 @@ def test_image_change_redraws_picture_map_and_classes(net, images):
     assert b.figure.layout.meta["camviz"]["image"] == 2
 
 
-@pytest.mark.parametrize("name", ["widgets", "export"])
-def test_docstring_examples(name: str) -> None:
-    import doctest
-    import importlib
-
-    mod = importlib.import_module(f"camviz.{name}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_results_kept_for_the_last_images_only(net, images):
     calls = Counter(net)
     b = Browser(net, images, keep=2)
@@ -325,4 +336,26 @@ def test_results_kept_for_the_last_images_only(net, images):
     b.image_picker.value = 0
     assert calls.n == 3
     b.image_picker.value = 1
-    assert calls.n == 4 and len(b._cache) == 2
+    assert calls.n == 4 and len(b.cache) == 2 and 2 not in b.cache
+
+
+def test_the_figure_shows_the_frame_and_a_static_figure_is_the_same(net, images):
+    from camviz.widgets.figure import static_figure
+
+    b = Browser(net, images)
+    b.threshold.value = 0.35
+    b.cmap.value = "viridis"
+    b.opacity.value = 0.3
+    b.show_box.value = False
+    frame = b.view.frame
+    np.testing.assert_array_equal(np.asarray(b.figure.data[1].z), frame.heat)
+    np.testing.assert_array_equal(np.asarray(b.figure.data[2].x, float), frame.outline[0])
+    assert list(b.figure.data[3].x) == box_path(frame.box)[0]
+    assert b.figure.layout.title.text == frame.title
+    assert b.figure.layout.meta["camviz"] == frame.values() == {
+        k: v for k, v in b.state.items() if k != "error"}
+    # what the widget shows and what a static figure of the frame shows are one figure
+    static, widget = static_figure(frame, size=460).to_dict(), b.to_figure().to_dict()
+    for tr in widget["data"]:
+        tr.pop("uid")  # FigureWidget names its traces for the page
+    assert static == widget

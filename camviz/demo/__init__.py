@@ -31,8 +31,8 @@ distractor masks lie outside the object's box.
 Models: ``camviz.load_model("demo")`` (global average pooling) and ``"demo-gmp"`` (global max
 pooling, same architecture and training), both with class names and preprocessing;
 ``"demo-fc-gap"``, a VGG-style net with fully connected layers converted to GAP and fine-tuned
-(:mod:`camviz.demo.fcnet`; ``"demo-fc"``, its unconverted baseline, is refused, as camviz
-refuses VGG).
+(:mod:`camviz.demo.fcnet`; ``"demo-fc"``, its unconverted baseline, is refused). They are
+registered lazily in :mod:`camviz.registry` (this package is imported when one is loaded).
 
 Example:
     >>> import camviz
@@ -46,7 +46,6 @@ from __future__ import annotations
 from camviz.demo.groundtruth import cache_dir, ensure_split, write_demo_images, write_split
 from camviz.demo.net import DemoModel, demo_transform, load_demo, training_info
 from camviz.demo.world import CLASSES, IMAGE_SIZE, PARTS, Sample, render_sample
-from camviz.gapnet import register_model
 
 __all__ = [
     "CLASSES",
@@ -64,15 +63,3 @@ __all__ = [
     "write_split",
 ]
 
-
-def _register() -> None:
-    from camviz.demo.fcnet import load_demo_fc, load_demo_fc_gap
-    from camviz.demo.net import load_demo_gap, load_demo_gmp
-
-    register_model("demo", load_demo_gap)
-    register_model("demo-gmp", load_demo_gmp)
-    register_model("demo-fc", load_demo_fc)
-    register_model("demo-fc-gap", load_demo_fc_gap)
-
-
-_register()

@@ -40,7 +40,8 @@ from camviz.convert import (
 from camviz.demo.net import WEIGHTS_DIR, demo_transform
 from camviz.demo.world import CLASSES
 from camviz.errors import NotAGapNetwork, WeightsUnavailable
-from camviz.gapnet import GapNet, register_adapter
+from camviz.gapnet import GapNet
+from camviz.registry import register_adapter
 from camviz.sources import Source, register_source
 
 FC_FILE = "demo_fc.safetensors"

@@ -27,67 +27,20 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from camviz.errors import DatasetError, UnsafePath
+from camviz.datasets.paths import parse_coord, parse_int, read_rows, safe_join, where
+from camviz.errors import DatasetError
 from camviz.images import load_image
 
-__all__ = [
-    "safe_join",
-    "scale_boxes",
-    "WsolRecord",
-    "WsolMetadata",
-    "WsolDataset",
-    "load_mask",
-    "collate",
-]
-
-
-def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
-    """``root / rel`` for a path read from metadata, refusing any path that escapes ``root``.
-
-    Refused (:class:`UnsafePath`): absolute paths, drive letters, ``..`` components, and paths
-    whose real location (symlinks followed) is outside the real ``root``.
-
-    Example:
-        >>> safe_join("/data/cub", "images/a.jpg").as_posix()
-        '/data/cub/images/a.jpg'
-        >>> try:
-        ...     safe_join("/data/cub", "../etc/passwd")
-        ... except UnsafePath as err:
-        ...     print(type(err).__name__)
-        UnsafePath
-    """
-    rootp = Path(root)
-    text = rel.strip()
-    if not text:
-        raise DatasetError(f"empty path in metadata under {rootp}")
-    pure = Path(text.replace("\\", "/"))
-    if pure.is_absolute() or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
-        raise UnsafePath(
-            f"metadata path {text!r} is absolute; paths must be relative to the root {rootp}"
-        )
-    if ".." in pure.parts:
-        raise UnsafePath(
-            f"metadata path {text!r} leaves its root {rootp}; remove '..' from the metadata"
-        )
-    joined = rootp / pure
-    real_root = rootp.resolve()
-    real = joined.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise UnsafePath(
-            f"metadata path {text!r} resolves to {real}, outside the root {real_root} "
-            "(a symlink leads out); copy the file under the root instead"
-        )
-    return joined
+__all__ = ["scale_boxes", "WsolRecord", "WsolMetadata", "WsolDataset", "load_mask"]
 
 
 def scale_boxes(boxes: Any, image_size: tuple[int, int], map_size: tuple[int, int]) -> np.ndarray:
@@ -122,7 +75,7 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
             if size is not None and im.size != tuple(size):
                 im = im.resize(tuple(size), Image.NEAREST)
             arr = np.asarray(im, dtype=np.float32)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # untrusted file: a decoder's failure, a decompression bomb
         raise DatasetError(f"cannot read mask {path}: {err}; check the file") from err
     return arr > 0.5
 
@@ -138,21 +91,6 @@ class WsolRecord:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     mask_paths: list[Path] = field(default_factory=list)
     ignore_path: Path | None = None
-
-
-def _read_lines(path: Path) -> list[list[str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err}") from err
-    return [line.strip().split(",") for line in text.splitlines() if line.strip()]
-
-
-def _int(text: str, where: str) -> int:
-    try:
-        return int(float(text))
-    except ValueError:
-        raise DatasetError(f"{where}: {text!r} is not a number; fix the metadata") from None
 
 
 class WsolMetadata:
@@ -189,29 +127,17 @@ class WsolMetadata:
             )
         if not self.image_root.is_dir():
             raise DatasetError(f"image root {self.image_root} is not a folder")
-        ids = [row[0].strip() for row in _read_lines(ids_file)]
-        labels: dict[str, int] = {}
+        ids = read_ids(ids_file)
         lab_file = self.metadata_dir / "class_labels.txt"
-        if lab_file.is_file():
-            for row in _read_lines(lab_file):
-                if len(row) < 2:
-                    raise DatasetError(f"{lab_file}: expected 'path,label', got {','.join(row)!r}")
-                labels[row[0].strip()] = _int(row[1], str(lab_file))
-        sizes: dict[str, tuple[int, int]] = {}
+        labels = read_labels(lab_file) if lab_file.is_file() else {}
         size_file = self.metadata_dir / "image_sizes.txt"
-        if size_file.is_file():
-            for row in _read_lines(size_file):
-                if len(row) >= 3:
-                    sizes[row[0].strip()] = (
-                        _int(row[1], str(size_file)),
-                        _int(row[2], str(size_file)),
-                    )
+        sizes = read_sizes(size_file) if size_file.is_file() else {}
         boxes: dict[str, list[list[int]]] = {}
         masks: dict[str, tuple[list[str], str]] = {}
         for name in ("localization.txt", "localization_masks.txt"):
             f = self.metadata_dir / name
             if f.is_file():
-                self._read_localization(f, boxes, masks)
+                read_localization(f, boxes, masks)
         self.has_boxes = bool(boxes)
         self.has_masks = bool(masks)
         self.records: list[WsolRecord] = []
@@ -237,38 +163,11 @@ class WsolMetadata:
                     continue
             self.records.append(rec)
 
-    @staticmethod
-    def _read_localization(
-        f: Path, boxes: dict[str, list[list[int]]], masks: dict[str, tuple[list[str], str]]
-    ) -> None:
-        for row in _read_lines(f):
-            key = row[0].strip()
-            rest = [c.strip() for c in row[1:]]
-            if len(rest) == 4 and all(_is_number(c) for c in rest):
-                boxes.setdefault(key, []).append([_int(c, str(f)) for c in rest])
-            elif len(rest) in (1, 2) and rest[0] and not _is_number(rest[0]):
-                ign = rest[1] if len(rest) == 2 else ""
-                prev = masks.get(key, ([], ign))
-                masks[key] = (prev[0] + [rest[0]], prev[1] or ign)
-            else:
-                raise DatasetError(
-                    f"{f}: expected 'path,x0,y0,x1,y1' or 'path,mask_path,ignore_path', "
-                    f"got {','.join(row)!r}"
-                )
-
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> WsolRecord:
         return self.records[i]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class WsolDataset(Dataset):
@@ -309,13 +208,14 @@ class WsolDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.meta[i]
-        img = load_image(rec.path)
+        img = load_image(rec.path, exif=False)  # the frame the boxes were drawn in
         size = rec.size or img.size
         item: dict[str, Any] = {
             "index": i,
             "image_id": rec.image_id,
             "label": rec.label,
             "size": tuple(size),
+            "stored_size": tuple(img.size),
             "image": self.transform(img) if self.transform is not None else img,
         }
         bx = rec.boxes
@@ -334,22 +234,102 @@ class WsolDataset(Dataset):
         return item
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch dataset items: tensors of equal shape are stacked, everything else kept as lists.
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_ids(f: Path) -> list[str]:
+    """``image_ids.txt``: one image path a line; an id listed twice is refused (it would be
+    counted twice).
 
     Example:
-        >>> out = collate([{"image": torch.zeros(3, 2, 2), "boxes": np.zeros((1, 4))},
-        ...                {"image": torch.ones(3, 2, 2), "boxes": np.zeros((2, 4))}])
-        >>> out["image"].shape, len(out["boxes"])
-        (torch.Size([2, 3, 2, 2]), 2)
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "image_ids.txt"; _ = p.write_text("a.png\\na.png\\n")
+        >>> read_ids(p)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.DatasetError: ...image_ids.txt:2: 'a.png' is listed twice (also on line 1)
     """
-    out: dict[str, Any] = {}
-    for key in items[0]:
-        vals = [it[key] for it in items]
-        if isinstance(vals[0], torch.Tensor) and all(v.shape == vals[0].shape for v in vals):
-            out[key] = torch.stack(vals)
-        elif key in ("label", "index"):
-            out[key] = torch.as_tensor(vals)
+    first: dict[str, int] = {}
+    for n, row in read_rows(f):
+        if row[0] in first:
+            raise DatasetError(f"{where(f, n)}: {row[0]!r} is listed twice (also on line "
+                               f"{first[row[0]]})")
+        first[row[0]] = n
+    return list(first)
+
+
+def read_labels(f: Path) -> dict[str, int]:
+    """``class_labels.txt``: ``path,label`` with a non-negative integer label.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "class_labels.txt"; _ = p.write_text("a.png,2\\n")
+        >>> read_labels(p)
+        {'a.png': 2}
+    """
+    labels: dict[str, int] = {}
+    for n, row in read_rows(f):
+        if len(row) < 2:
+            raise DatasetError(f"{where(f, n)}: expected 'path,label', got {','.join(row)!r}")
+        label = parse_int(row[1], where(f, n), minimum=0)
+        if labels.get(row[0], label) != label:
+            raise DatasetError(f"{where(f, n)}: {row[0]!r} has two labels "
+                               f"({labels[row[0]]} and {label})")
+        labels[row[0]] = label
+    return labels
+
+
+def read_sizes(f: Path) -> dict[str, tuple[int, int]]:
+    """``image_sizes.txt``: ``path,width,height`` with positive integer sizes.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "image_sizes.txt"; _ = p.write_text("a.png,0,4\\n")
+        >>> read_sizes(p)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.DatasetError: ...image_sizes.txt:1: 0 is below 1; fix the metadata
+    """
+    sizes: dict[str, tuple[int, int]] = {}
+    for n, row in read_rows(f):
+        if len(row) < 3:
+            raise DatasetError(f"{where(f, n)}: expected 'path,width,height', got "
+                               f"{','.join(row)!r}")
+        sizes[row[0]] = (parse_int(row[1], where(f, n), 1), parse_int(row[2], where(f, n), 1))
+    return sizes
+
+
+def read_localization(
+    f: Path, boxes: dict[str, list[list[int]]], masks: dict[str, tuple[list[str], str]]
+) -> None:
+    """``localization.txt`` lines into ``boxes`` (``path,x0,y0,x1,y1``, inclusive, finite,
+    x0 <= x1 and y0 <= y1) or ``masks`` (``path,mask_path,ignore_path``).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "localization.txt"; _ = p.write_text("a.png,1,2,3,4")
+        >>> b = {}; read_localization(p, b, {}); b
+        {'a.png': [[1, 2, 3, 4]]}
+    """
+    for n, row in read_rows(f):
+        key, rest = row[0], row[1:]
+        if len(rest) == 4 and all(_is_number(c) for c in rest):
+            box = [parse_coord(c, where(f, n)) for c in rest]
+            if box[2] < box[0] or box[3] < box[1]:
+                raise DatasetError(f"{where(f, n)}: box {box} has x1 < x0 or y1 < y0; boxes are "
+                                   "x0,y0,x1,y1 with inclusive corners")
+            boxes.setdefault(key, []).append(box)
+        elif len(rest) in (1, 2) and rest[0] and not _is_number(rest[0]):
+            ign = rest[1] if len(rest) == 2 else ""
+            prev = masks.get(key, ([], ign))
+            masks[key] = (prev[0] + [rest[0]], prev[1] or ign)
         else:
-            out[key] = vals
-    return out
+            raise DatasetError(
+                f"{where(f, n)}: expected 'path,x0,y0,x1,y1' or 'path,mask_path,ignore_path', "
+                f"got {','.join(row)!r}"
+            )

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from camviz.cli_units import resolve_data
+from camviz.cli.common import positive_int, weights_arg
 from camviz.convert import meta_transform, read_converted, save_converted, to_gap
+from camviz.datasets import resolve_data
 from camviz.errors import CamvizError
 from camviz.finetune import dataset_classes, fine_tune
 from camviz.sources import load_source
@@ -45,11 +46,9 @@ def register(sub: Any) -> None:
         >>> a.to_gap, a.width, a.epochs
         (True, 1024, 5)
     """
-    from camviz.cli import weights_arg
-
     p = sub.add_parser("fine-tune", help="convert a network to GAP and fine-tune it")
     p.add_argument("--model", required=True,
-                   help="torchvision name, timm:NAME, demo-fc, or a .safetensors file this "
+                   help="torchvision name, timm/NAME, demo-fc, or a .safetensors file this "
                         "command wrote")
     p.add_argument("--weights", default="DEFAULT", type=weights_arg,
                    help="weights name, DEFAULT, or none for random weights")
@@ -59,9 +58,9 @@ def register(sub: Any) -> None:
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or a labelled dataset folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint", default=None, help="resume file (default: OUT.ckpt)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -75,7 +74,7 @@ def register(sub: Any) -> None:
     p.add_argument("--freeze-epochs", type=int, default=0,
                    help="first epochs that train the new layers only")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fine_tune)
 
@@ -96,7 +95,7 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)  # random weights (--weights none) are the same each run
         src = load_source(args.model, args.weights)
         transform = src.transform
-    data = resolve_data(args.data, transform)
+    data = resolve_data(args.data, transform, need="labels")
     classes = dataset_classes(data)
     if src is not None:  # a head for the data's classes, unless the source has exactly them
         torch.manual_seed(args.seed)  # so the new layers start the same on every rerun

@@ -1,0 +1,184 @@
+"""Dataset items into batches: one item convention, one collate, bad items skipped.
+
+Items may be a tensor (3, H, W), a tuple ``(image, label, ...)`` (a trailing dict is the
+item's part masks), or a dict with ``"image"`` (and ``"label"``, ``"parts"``, boxes...).
+Images that are not tensors (PIL images, arrays) go through the network's transform.
+
+Example:
+    >>> import torch
+    >>> b = collate([torch.zeros(3, 2, 2), (torch.ones(3, 2, 2), 4)])
+    >>> b["image"].shape, b["label"].tolist()
+    (torch.Size([2, 3, 2, 2]), [-1, 4])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+
+from camviz.errors import CamvizError, DatasetError
+
+__all__ = ["as_item", "collate", "SkipBad", "ITEM_FAILURES", "item_name"]
+
+#: What reading one dataset item may raise that makes that item, not the job, fail: camviz's
+#: own errors, files that cannot be read, malformed contents, decompression bombs.
+ITEM_FAILURES = (CamvizError, OSError, ValueError, KeyError, IndexError, SyntaxError,
+                 Image.DecompressionBombError)
+
+
+def as_item(item: Any) -> dict[str, Any]:
+    """One dataset item as a dict with ``"image"`` and an int ``"label"`` (-1: none).
+
+    Example:
+        >>> as_item((torch.zeros(3, 1, 1), torch.tensor(2)))["label"]
+        2
+    """
+    if isinstance(item, dict):
+        if "image" not in item:
+            raise DatasetError(
+                f"dataset items are dicts without an 'image' key (keys: {sorted(item)}); "
+                "give items as a tensor, a tuple (image, label, ...) or a dict with 'image'"
+            )
+        out = dict(item)
+        label = next((item[k] for k in ("label", "target", "class_index")
+                      if item.get(k) is not None), -1)
+    elif isinstance(item, (tuple, list)):
+        if not item:
+            raise DatasetError("a dataset item is an empty tuple; its first element must be "
+                               "the image")
+        out = {"image": item[0]}
+        label = item[1] if len(item) > 1 else -1
+        if len(item) > 1 and isinstance(item[-1], dict):
+            out["parts"] = item[-1]
+    else:
+        out, label = {"image": item}, -1
+    out["label"] = _label(label)
+    return out
+
+
+def _label(label: Any) -> int:
+    if isinstance(label, torch.Tensor):
+        return int(label.item()) if label.numel() == 1 and not label.is_floating_point() else -1
+    if isinstance(label, (np.integer, int)) and not isinstance(label, bool):
+        return int(label)
+    return -1
+
+
+def _image(img: Any, transform: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+    if not isinstance(img, torch.Tensor):
+        if transform is None:
+            raise DatasetError(
+                f"dataset item image is {type(img).__name__}, not a tensor, and the network "
+                "has no transform; preprocess items to (3, H, W) tensors or give the "
+                "GapNet a transform"
+            )
+        img = transform(img)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise DatasetError(
+            f"dataset item image has shape {tuple(img.shape)}; expected a preprocessed "
+            "(3, H, W) tensor"
+        )
+    return img.float()
+
+
+def collate(items: Sequence[Any], transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Batch dataset items into one dict: ``"image"`` (B, 3, H, W) float32, ``"label"`` (B,)
+    int64, other keys as lists (tensors of one shape stacked). Items that :class:`SkipBad`
+    turned into failures are listed in ``"failed"`` as ``(index, reason)`` and left out.
+
+    Example:
+        >>> b = collate([{"image": torch.zeros(3, 2, 2), "boxes": np.zeros((1, 4))},
+        ...              {"image": torch.ones(3, 2, 2), "boxes": np.zeros((2, 4))}])
+        >>> b["image"].shape, len(b["boxes"]), b["failed"]
+        (torch.Size([2, 3, 2, 2]), 2, [])
+    """
+    failed = [it.reason for it in items if isinstance(it, _Failed)]
+    good = [as_item(it) for it in items if not isinstance(it, _Failed)]
+    out: dict[str, Any] = {"failed": failed}
+    if not good:
+        return out
+    images = [_image(it["image"], transform) for it in good]
+    sizes = {tuple(t.shape) for t in images}
+    if len(sizes) > 1:
+        raise DatasetError(
+            f"dataset items have different sizes {sorted(sizes)}; use a transform with a crop "
+            "or exact resize so they form batches"
+        )
+    out["image"] = torch.stack(images)
+    out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
+    for key in good[0]:
+        if key in ("image", "label"):
+            continue
+        vals = [it.get(key) for it in good]
+        if isinstance(vals[0], torch.Tensor) and all(
+            isinstance(v, torch.Tensor) and v.shape == vals[0].shape for v in vals
+        ):
+            out[key] = torch.stack(vals)
+        elif key == "index":
+            out[key] = torch.as_tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+class _Failed:
+    """An item that could not be read: ``reason`` is ``(index, message)``."""
+
+    def __init__(self, index: int, message: str) -> None:
+        self.reason = (index, message)
+
+
+class SkipBad(Dataset):
+    """A dataset whose unreadable items become failures (reported by :func:`collate`) instead
+    of stopping the job. ``describe(i)`` names item ``i`` in the report (default: its index).
+
+    Example:
+        >>> class Flaky(Dataset):
+        ...     def __len__(self): return 2
+        ...     def __getitem__(self, i):
+        ...         if i: raise OSError("truncated file")
+        ...         return torch.zeros(3, 1, 1)
+        >>> collate([SkipBad(Flaky())[i] for i in range(2)])["failed"]
+        [(1, 'truncated file')]
+    """
+
+    def __init__(self, dataset: Dataset, describe: Callable[[int], Any] | None = None) -> None:
+        self.dataset = dataset
+        self.describe = describe or (lambda i: i)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except ITEM_FAILURES as err:
+            return _Failed(self.describe(i), str(err))
+
+
+def item_name(dataset: Any, i: int) -> str:
+    """How a report names item ``i``: its file path (``paths``, a metadata record's or a
+    torchvision ImageFolder's sample), its id (``image_ids``), else ``"item i"``.
+
+    Example:
+        >>> item_name([torch.zeros(1)], 0)
+        'item 0'
+    """
+    if isinstance(dataset, Subset):
+        return item_name(dataset.dataset, int(dataset.indices[i]))
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return str(paths[i])
+    meta = getattr(dataset, "meta", None)
+    if meta is not None and hasattr(meta, "records"):
+        return str(meta.records[i].path)
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        return str(samples[i][0])
+    ids = getattr(dataset, "image_ids", None)
+    return str(ids[i]) if ids is not None else f"item {i}"

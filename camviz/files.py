@@ -1,0 +1,136 @@
+"""Files that are never half-written: every output goes to a temporary file beside its target
+and is renamed into place, so a reader (or a rerun after a crash) sees the old file or the new
+one, never a part. Temporary files carry one prefix, so leftovers of a killed run are found and
+removed on the next one; they are created with the user's normal permissions (umask).
+
+Example:
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> write_text(p, "hello")
+    >>> p.read_text(), sorted(x.name for x in p.parent.iterdir())
+    ('hello', ['a.txt'])
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["TMP_PREFIX", "atomic_open", "write_bytes", "write_text", "save_image",
+           "remove_stale_temps"]
+
+#: Prefix of every temporary file camviz writes (``.camviz-tmp-<pid>-<random>-<name>``).
+TMP_PREFIX = ".camviz-tmp-"
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``,
+    on any error (or interrupt) it is removed. The folder is created if needed.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "b.bin"
+        >>> with atomic_open(p) as fh:
+        ...     _ = fh.write(b"xy")
+        >>> p.read_bytes()
+        b'xy'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
+    enc = {} if "b" in mode else {"encoding": "utf-8"}
+    try:
+        with open(tmp, mode.replace("w", "x"), **enc) as fh:  # a fresh file, umask permissions
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "c.bin"; write_bytes(p, b"1"); p.read_bytes()
+        b'1'
+    """
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "d.txt"; write_text(p, "é"); p.read_text()
+        'é'
+    """
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def save_image(image: Any, path: str | os.PathLike[str], format: str | None = None) -> Path:
+    """Save a PIL image atomically (format from ``format`` or the suffix, PNG without one).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> save_image(Image.new("RGB", (2, 2)), Path(tempfile.mkdtemp()) / "e").suffix
+        '.png'
+    """
+    p = Path(path)
+    if not p.suffix:
+        p = p.with_suffix(".png")
+    fmt = format or {".jpg": "JPEG", ".jpeg": "JPEG"}.get(p.suffix.lower(), p.suffix[1:].upper())
+    with atomic_open(p, "wb") as fh:
+        image.save(fh, format=fmt)
+    return p
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None,
+                       recursive: bool = True) -> int:
+    """Remove temporary files that a killed camviz process left in ``folder`` (recursively,
+    unless ``recursive`` is False); with ``name`` (a glob of target file names) only those of
+    such targets. Returns how many. Files of processes still running are kept.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / f"{TMP_PREFIX}999999999-x-a.png").write_bytes(b"")
+        >>> remove_stale_temps(d, name="b.png"), remove_stale_temps(d)
+        (0, 1)
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    pattern = f"{TMP_PREFIX}*" if name is None else f"{TMP_PREFIX}*-*-{name}"
+    n = 0
+    for f in root.rglob(pattern) if recursive else root.glob(pattern):
+        pid = f.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # someone else's live process
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True

@@ -1,0 +1,143 @@
+"""The main view as a plotly figure: image, class map, mask outline and box, drawn from a frame.
+
+:class:`MapFigure` holds the FigureWidget of the browser and applies each new
+:class:`~camviz.widgets.view.Frame` to it in one ``batch_update`` (one message to the page),
+sending only the parts that differ from the frame applied before. :func:`static_figure` draws a
+frame on a plain ``go.Figure`` the same way (for exports without a widget).
+
+Traces: 0 image, 1 heatmap (the class map), 2 mask outline, 3 box; ``layout.meta["camviz"]``
+holds the frame's state as plain values (the browser test reads it in the page).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from camviz.gapnet import GapNet
+    >>> from camviz.widgets.cache import ResultCache
+    >>> from camviz.widgets.view import ViewModel
+    >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 3), device="cpu")
+    >>> frame = ViewModel(ResultCache(net, torch.rand(1, 3, 8, 8))).frame
+    >>> fig = static_figure(frame)
+    >>> [tr.name for tr in fig.data], fig.layout.meta["camviz"]["class"] == frame.state.cls
+    (['image', 'map', 'mask', 'box'], True)
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from camviz.errors import CamvizError
+from camviz.widgets.drawing import box_path, colorscale, data_uri
+from camviz.widgets.view import ErrorFrame, Frame
+
+__all__ = ["MASK_COLOR", "BOX_COLOR", "MapFigure", "static_figure"]
+
+MASK_COLOR = "white"
+BOX_COLOR = "#00ff00"
+_BLANK = np.full((8, 8, 3), 240, np.uint8)
+
+
+def _layout(size: int) -> go.Layout:
+    return go.Layout(
+        width=size, height=size + 30, margin=dict(l=4, r=4, t=36, b=4),
+        title=dict(text="", font=dict(size=13), x=0.02, xanchor="left"),
+        xaxis=dict(visible=False, constrain="domain"),
+        yaxis=dict(visible=False, autorange="reversed", scaleanchor="x", constrain="domain"),
+        showlegend=False, plot_bgcolor="white", uirevision="camviz", meta=dict(camviz={}),
+    )
+
+
+def _traces(cmap: str, opacity: float) -> list[Any]:
+    return [
+        go.Image(source=data_uri(_BLANK), name="image", hoverinfo="skip"),
+        go.Heatmap(z=np.zeros((8, 8), np.float32), zmin=0.0, zmax=1.0, name="map",
+                   zsmooth="best", colorscale=colorscale(cmap), opacity=opacity,
+                   colorbar=dict(thickness=10, len=0.8),
+                   hovertemplate="x %{x} y %{y}<br>map %{z:.2f}<extra></extra>"),
+        go.Scatter(x=[], y=[], mode="lines", name="mask", hoverinfo="skip",
+                   line=dict(color=MASK_COLOR, width=2)),
+        go.Scatter(x=[], y=[], mode="lines", name="box", hoverinfo="skip",
+                   line=dict(color=BOX_COLOR, width=2)),
+    ]
+
+
+def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
+    """Set on ``fig`` what differs between ``frame`` and ``last`` (None: everything)."""
+    image, heat, mask, box = fig.data
+    s, old = frame.state, (None if last is None else last.state)
+    if last is None:
+        heat.visible = True
+    if last is None or frame.source is not last.source:
+        image.source = frame.source
+    if last is None or frame.heat is not last.heat:
+        off = (frame.heat_step - 1) / 2.0
+        heat.z, heat.x0, heat.y0 = frame.heat, off, off
+        heat.dx = heat.dy = frame.heat_step
+    if old is None or s.opacity != old.opacity:
+        heat.opacity = float(s.opacity)
+    if old is None or s.cmap != old.cmap:
+        heat.colorscale = colorscale(s.cmap)
+    if last is None or frame.outline is not last.outline:
+        mask.x, mask.y = frame.outline
+    if last is None or frame.box is not last.box:
+        box.x, box.y = box_path(frame.box)
+    if old is None or (s.show_mask, s.show_box) != (old.show_mask, old.show_box):
+        mask.visible, box.visible = bool(s.show_mask), bool(s.show_box)
+    if last is None or frame.title != last.title:
+        fig.layout.title.text = frame.title
+    fig.layout.meta = dict(camviz=frame.values())
+
+
+def static_figure(frame: Frame, size: int = 460) -> go.Figure:
+    """A plain plotly figure of a frame: what the browser's FigureWidget shows for it.
+
+    Example:
+        >>> static_figure(frame).layout.title.text == frame.title  # doctest: +SKIP
+        True
+    """
+    if not isinstance(frame, Frame):
+        raise CamvizError("nothing to draw: the frame is an error (the image failed to load)")
+    fig = go.Figure(data=_traces(frame.state.cmap, frame.state.opacity), layout=_layout(size))
+    _apply(fig, frame, None)
+    return fig
+
+
+class MapFigure:
+    """The browser's FigureWidget (``widget``), redrawn from frames.
+
+    Example:
+        >>> mf = MapFigure(size=300)  # doctest: +SKIP
+        >>> mf.show(frame); mf.widget.data[1].z.shape  # doctest: +SKIP
+    """
+
+    def __init__(self, size: int = 460, cmap: str = "jet", opacity: float = 0.5) -> None:
+        try:
+            import anywidget  # noqa: F401  (plotly >= 6 builds FigureWidget on it)
+        except ImportError as err:
+            raise CamvizError("the browser needs anywidget for plotly's FigureWidget: "
+                              "pip install 'anywidget>=0.9'") from err
+        self.widget = go.FigureWidget(data=_traces(cmap, opacity), layout=_layout(size))
+        self.widget.add_class("camviz-figure")
+        self._last: Frame | None = None
+
+    def show(self, frame: Frame | ErrorFrame) -> None:
+        """Draw ``frame`` in one batch update: only the parts that changed since the last."""
+        if isinstance(frame, ErrorFrame):
+            self._show_error(frame)
+            return
+        with self.widget.batch_update():
+            _apply(self.widget, frame, self._last)
+        self._last = frame
+
+    def _show_error(self, frame: ErrorFrame) -> None:
+        with self.widget.batch_update():
+            self.widget.data[0].source = data_uri(_BLANK)
+            for tr in self.widget.data[1:]:
+                tr.visible = False
+            self.widget.layout.title.text = html.escape(frame.message)
+            self.widget.layout.meta = dict(camviz={"image": frame.state.image,
+                                                   "error": frame.message})
+        self._last = None

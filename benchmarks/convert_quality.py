@@ -30,11 +30,11 @@ from demo_quality import evaluate as paper_box_scores
 from PIL import Image
 
 import camviz
-from camviz.evaluate import evaluate
 from camviz.convert import load_converted
 from camviz.datasets import WsolMetadata
 from camviz.demo.fcnet import FC_FILE, GAP_FILE, load_fcnet
 from camviz.demo.net import demo_transform
+from camviz.evaluate import evaluate
 
 
 @torch.no_grad()

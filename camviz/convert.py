@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import os
 import sys
@@ -337,10 +338,16 @@ def _family_of(model: nn.Module) -> Family:
     )
 
 
+#: Families registered by a module that a converted file may name before it is imported.
+_FAMILY_MODULES = {"demo-fc": "camviz.demo.fcnet"}
+
+
 def _family_named(name: str) -> Family:
     if name.startswith("timm"):
         with contextlib.suppress(ImportError):
             import timm  # noqa: F401  (loaded, so that _install registers timm's families)
+    if name in _FAMILY_MODULES:
+        importlib.import_module(_FAMILY_MODULES[name])
     _install()
     for fam in _FAMILIES.values():
         if fam.name == name:

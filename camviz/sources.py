@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +35,15 @@ class Source:
     transform: Preprocess | None
 
 
-_SOURCES: dict[str, Callable[[Any], Source]] = {}
+_SOURCES: dict[str, Callable[[Any], Source] | str] = {
+    # lazy, as the registry's demo entries: the demo world loads only when asked for
+    "demo-fc": "camviz.demo.fcnet:fc_source",
+}
 
 
 def register_source(name: str, loader: Callable[[Any], Source]) -> None:
-    """Make ``load_source(name, weights)`` call ``loader(weights)`` (the demo registers its
-    FC baseline as "demo-fc").
+    """Make ``load_source(name, weights)`` call ``loader(weights)`` (a function, or a
+    ``"module:function"`` string imported on first use, as the demo's "demo-fc").
 
     Example:
         >>> register_source("tiny-fc", lambda w: Source(nn.Linear(2, 2), None, None))
@@ -74,7 +78,11 @@ def load_source(name: str, weights: Any = "DEFAULT") -> Source:
         ('AlexNet', ['tench'], (224, 224))
     """
     if name in _SOURCES:
-        return _SOURCES[name](weights)
+        entry = _SOURCES[name]
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            entry = _SOURCES[name] = getattr(importlib.import_module(module), attr)
+        return entry(weights)
     if name.startswith(("timm:", "timm/")):
         return _timm_source(name[5:], weights)
     from torchvision import models as tvm

@@ -42,7 +42,7 @@ from camviz.demo.world import CLASSES
 from camviz.errors import NotAGapNetwork, WeightsUnavailable
 from camviz.gapnet import GapNet
 from camviz.registry import register_adapter
-from camviz.sources import Source, register_source
+from camviz.sources import Source
 
 FC_FILE = "demo_fc.safetensors"
 GAP_FILE = "demo_fc_gap.safetensors"
@@ -172,7 +172,16 @@ def _refuse(model: nn.Module) -> Any:
 
 
 register_adapter(FcNet, _refuse)
-register_source("demo-fc", lambda w: Source(load_fcnet(w), list(CLASSES), demo_transform()))
+
+
+def fc_source(weights: Any = "DEFAULT") -> Source:
+    """``load_source("demo-fc")``: the FC baseline as a plain module, to convert or fine-tune.
+
+    Example:
+        >>> fc_source(None).classes[:2]
+        ['chair', 'table']
+    """
+    return Source(load_fcnet(weights), list(CLASSES), demo_transform())
 
 
 def _rebuild(c: dict[str, Any]) -> FcNet:

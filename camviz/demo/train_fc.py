@@ -98,10 +98,13 @@ class _Clock:
         return out
 
 
-def _report(stage: str) -> Any:
+def _report(stage: str, ran: list[int]) -> Any:
+    """Print each epoch's loss and accuracy; ``ran`` collects the epochs run in this process
+    (a resumed run's times cover only those)."""
     t0 = time.process_time()
 
     def say(rec: dict[str, Any]) -> None:
+        ran.append(int(rec["epoch"]))
         print(f"{stage} epoch {rec['epoch']}: loss {rec['loss']:.4f}, train accuracy "
               f"{rec['accuracy']:.1f}%, CPU {time.process_time() - t0:.0f} s", flush=True)
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     prog, auto = not a.no_progress, None if a.autocast == "none" else a.autocast
     load0 = round(os.getloadavg()[0], 2)
-    clock, times = _Clock(), {}
+    clock, times, ran1, ran2 = _Clock(), {}, [], []
     data = InMemory(TrainingImages(a.images, workers=a.workers, progress=prog))
     times["draw"] = clock.lap()
 
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     s1 = Settings(epochs=a.fc_epochs, lr=a.fc_lr, batch_size=a.batch, weight_decay=5e-4,
                   new_lr_mult=1.0, autocast=auto, seed=a.seed, steps_per_epoch=a.fc_steps)
     h1 = train(fc, data, s1, new_layers=(), checkpoint=out / "fc.ckpt", device="cpu",
-               progress=prog, callback=_report("stage 1"))
+               progress=prog, callback=_report("stage 1", ran1))
     times["stage1_fc"] = clock.lap()
 
     torch.manual_seed(a.seed + 1)  # the new layers' initial weights
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   steps_per_epoch=a.gap_steps, freeze_epochs=a.gap_freeze)
     net = fine_tune(gap, data, **asdict(s2), checkpoint=out / "gap.ckpt", device="cpu",
                     classes=list(CLASSES), transform=demo_transform(), progress=prog,
-                    callback=_report("stage 2"))
+                    callback=_report("stage 2", ran2))
     times["stage2_gap"] = clock.lap()
     total = {k: round(times["stage1_fc"][k] + times["stage2_gap"][k], 1)
              for k in ("wall_s", "cpu_s")}
@@ -181,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage1_fc": {"settings": asdict(s1), "config": fc.config, "history": h1},
         "stage2_gap": {"settings": asdict(s2), "width": a.width,
                        "new_layers": list(gap.new_layers), "history": net.history},
-        "times": times, "train_and_fine_tune": total, "val_images": a.val, "val_top1": acc,
+        "times": times, "train_and_fine_tune": total,
+        "epochs_run_in_this_process": {"stage1_fc": ran1, "stage2_gap": ran2},
+        "val_images": a.val, "val_top1": acc,
     }
     _write(out, fc, net, info)
     print(json.dumps({"train_and_fine_tune": total, "draw": times["draw"], "val_top1": acc}))

@@ -179,7 +179,7 @@ def fc_source(weights: Any = "DEFAULT") -> Source:
 
     Example:
         >>> fc_source(None).classes[:2]
-        ['chair', 'table']
+        ['house', 'tree']
     """
     return Source(load_fcnet(weights), list(CLASSES), demo_transform())
 

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import camviz
+from camviz.cli import COMMANDS, main
 from camviz.cli import finetune as cli_finetune
-from camviz.cli import main
 from camviz.convert import GapConverted, load_converted, read_converted, save_converted, to_gap
 from camviz.datasets import PartsFolder
 from camviz.demo.fcnet import FcNet
@@ -186,6 +186,14 @@ def test_timm_mobilenetv3_moves_conv_head_before_pooling() -> None:
     src = load_source("timm/mobilenetv3_small_100", weights=None)
     assert src.transform.crop == (224, 224) and src.transform.resize == 256
     assert type(to_gap(src.model)).__name__ == "GapConverted"
+
+
+def test_top_level_names_and_the_command() -> None:
+    assert (camviz.to_gap, camviz.fine_tune, camviz.load_converted) == (
+        to_gap, fine_tune, load_converted)
+    assert "camviz.cli.finetune" in COMMANDS
+    src = load_source("demo-fc", weights=None)  # the registry's lazy "module:function" entry
+    assert type(src.model) is FcNet and src.classes[:2] == ["house", "tree"]
 
 
 def test_unknown_family_is_refused_with_what_to_do() -> None:

@@ -241,10 +241,11 @@ def test_view_model_cache_and_drawing_import_no_widgets_and_no_scan():
                 names.add(node.module)
         return names
 
-    for name in ("view", "cache", "drawing"):
+    plain = {"view", "cache", "drawing", "tiles", "timing"}  # no ipywidgets, no plotly
+    for name in plain:
         found = imports(WIDGETS / f"{name}.py")
         heavy = {m for m in found if m.split(".")[0] in ("ipywidgets", "plotly", "anywidget")}
         local = {m for m in found if m.startswith("camviz.widgets")}
-        assert not heavy and local <= {"camviz.widgets.cache", "camviz.widgets.drawing"}, name
+        assert not heavy and local <= {f"camviz.widgets.{n}" for n in plain}, name
     for path in WIDGETS.glob("*.py"):
         assert "camviz.scan" not in imports(path), path.name  # widgets show stats, never make them

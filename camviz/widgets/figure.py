@@ -40,14 +40,55 @@ BOX_COLOR = "#00ff00"
 _BLANK = np.full((8, 8, 3), 240, np.uint8)
 
 
+#: Room on the right of the plot for the colour bar, its ticks and its title (pixels).
+CBAR_ROOM = 96
+_MARGIN = dict(l=4, r=4, t=34, b=4)
+
+
+def figure_height(size: int, image_shape: tuple[int, ...]) -> int:
+    """The figure's height for an image of ``image_shape`` at width ``size``: the plot keeps the
+    image's aspect, so no blank band is left between the title and the image.
+
+    Example:
+        >>> figure_height(460, (300, 451)), figure_height(460, (224, 224))
+        (280, 398)
+    """
+    h, w = int(image_shape[0]), int(image_shape[1])
+    plot_w = size - _MARGIN["l"] - _MARGIN["r"] - CBAR_ROOM
+    plot_h = min(plot_w * h / max(w, 1), 1.5 * plot_w)  # very tall images: narrower, not taller
+    return int(round(plot_h)) + _MARGIN["t"] + _MARGIN["b"]
+
+
 def _layout(size: int) -> go.Layout:
     return go.Layout(
-        width=size, height=size + 30, margin=dict(l=4, r=4, t=36, b=4),
-        title=dict(text="", font=dict(size=13), x=0.02, xanchor="left"),
-        xaxis=dict(visible=False, constrain="domain"),
-        yaxis=dict(visible=False, autorange="reversed", scaleanchor="x", constrain="domain"),
+        width=size, height=figure_height(size, (1, 1)), margin=_MARGIN,
+        title=dict(text="", font=dict(size=13), x=0.01, xanchor="left", y=0.99, yanchor="top",
+                   yref="container"),
+        xaxis=dict(visible=False, constrain="domain", constraintoward="left"),
+        yaxis=dict(visible=False, autorange="reversed", scaleanchor="x", constrain="domain",
+                   constraintoward="top"),
         showlegend=False, plot_bgcolor="white", uirevision="camviz", meta=dict(camviz={}),
     )
+
+
+def colorbar(label: str, mark: float | None) -> dict[str, Any]:
+    """The colour bar: titled with what the colour means, the mask's threshold marked.
+
+    Ticks at 0, 0.5 and 1 (those within 0.1 of the mark give way to it).
+
+    Example:
+        >>> colorbar("normalised CAM", 0.2)["ticktext"]
+        ['0.5', '1', '<b>0.20 mask</b>']
+    """
+    vals = [v for v in (0.0, 0.5, 1.0) if mark is None or abs(v - mark) > 0.1]
+    text = [f"{v:g}" for v in vals]
+    if mark is not None:
+        vals.append(float(mark))
+        text.append(f"<b>{mark:.2f} mask</b>")
+    return dict(thickness=10, len=1.0, lenmode="fraction", y=1.0, yanchor="top",
+                title=dict(text=html.escape(label), side="right", font=dict(size=11)),
+                tickvals=vals, ticktext=text, ticks="outside", ticklen=3,
+                tickfont=dict(size=10))
 
 
 def _traces(cmap: str, opacity: float) -> list[Any]:
@@ -55,7 +96,7 @@ def _traces(cmap: str, opacity: float) -> list[Any]:
         go.Image(source=data_uri(_BLANK), name="image", hoverinfo="skip"),
         go.Heatmap(z=np.zeros((8, 8), np.float32), zmin=0.0, zmax=1.0, name="map",
                    zsmooth="best", colorscale=colorscale(cmap), opacity=opacity,
-                   colorbar=dict(thickness=10, len=0.8),
+                   colorbar=colorbar("", None),
                    hovertemplate="x %{x} y %{y}<br>map %{z:.2f}<extra></extra>"),
         go.Scatter(x=[], y=[], mode="lines", name="mask", hoverinfo="skip",
                    line=dict(color=MASK_COLOR, width=2)),
@@ -72,6 +113,10 @@ def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
         heat.visible = True
     if last is None or frame.source is not last.source:
         image.source = frame.source
+    if last is None or frame.image.shape != last.image.shape:
+        fig.layout.height = figure_height(int(fig.layout.width), frame.image.shape)
+    if last is None or (frame.main.label, frame.main.mark) != (last.main.label, last.main.mark):
+        heat.colorbar = colorbar(frame.main.label, frame.main.mark)
     if last is None or frame.heat is not last.heat:
         off = (frame.heat_step - 1) / 2.0
         heat.z, heat.x0, heat.y0 = frame.heat, off, off
@@ -91,7 +136,7 @@ def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
     fig.layout.meta = dict(camviz=frame.values())
 
 
-def static_figure(frame: Frame, size: int = 460) -> go.Figure:
+def static_figure(frame: Frame, size: int = 480) -> go.Figure:
     """A plain plotly figure of a frame: what the browser's FigureWidget shows for it.
 
     Example:
@@ -113,7 +158,7 @@ class MapFigure:
         >>> mf.show(frame); mf.widget.data[1].z.shape  # doctest: +SKIP
     """
 
-    def __init__(self, size: int = 460, cmap: str = "jet", opacity: float = 0.5) -> None:
+    def __init__(self, size: int = 480, cmap: str = "jet", opacity: float = 0.5) -> None:
         try:
             import anywidget  # noqa: F401  (plotly >= 6 builds FigureWidget on it)
         except ImportError as err:
@@ -137,7 +182,7 @@ class MapFigure:
             self.widget.data[0].source = data_uri(_BLANK)
             for tr in self.widget.data[1:]:
                 tr.visible = False
-            self.widget.layout.title.text = html.escape(frame.message)
+            self.widget.layout.title.text = ""  # the browser shows the message, once
             self.widget.layout.meta = dict(camviz={"image": frame.state.image,
                                                    "error": frame.message})
         self._last = None

@@ -5,8 +5,11 @@
 sending only the parts that differ from the frame applied before. :func:`static_figure` draws a
 frame on a plain ``go.Figure`` the same way (for exports without a widget).
 
-Traces: 0 image, 1 heatmap (the class map), 2 mask outline, 3 box; ``layout.meta["camviz"]``
-holds the frame's state as plain values (the browser test reads it in the page).
+Traces: 0 image, 1 heatmap (the class map, or the selected unit's), 2 mask outline, 3 box; the
+heatmap's colour bar says what the colour means and marks the mask's threshold. The plot keeps
+the image's aspect at a fixed width (:func:`figure_height`), its top under the title.
+``layout.meta["camviz"]`` holds the frame's state as plain values (the browser test reads it in
+the page).
 
 Example:
     >>> import torch
@@ -33,7 +36,8 @@ from camviz.errors import CamvizError
 from camviz.widgets.drawing import box_path, colorscale, data_uri
 from camviz.widgets.view import ErrorFrame, Frame
 
-__all__ = ["MASK_COLOR", "BOX_COLOR", "MapFigure", "static_figure"]
+__all__ = ["MASK_COLOR", "BOX_COLOR", "CBAR_ROOM", "MapFigure", "static_figure", "figure_height",
+           "colorbar"]
 
 MASK_COLOR = "white"
 BOX_COLOR = "#00ff00"
@@ -51,7 +55,7 @@ def figure_height(size: int, image_shape: tuple[int, ...]) -> int:
 
     Example:
         >>> figure_height(460, (300, 451)), figure_height(460, (224, 224))
-        (280, 398)
+        (275, 394)
     """
     h, w = int(image_shape[0]), int(image_shape[1])
     plot_w = size - _MARGIN["l"] - _MARGIN["r"] - CBAR_ROOM
@@ -77,8 +81,8 @@ def colorbar(label: str, mark: float | None) -> dict[str, Any]:
     Ticks at 0, 0.5 and 1 (those within 0.1 of the mark give way to it).
 
     Example:
-        >>> colorbar("normalised CAM", 0.2)["ticktext"]
-        ['0.5', '1', '<b>0.20 mask</b>']
+        >>> colorbar("normalised CAM", 0.15)["ticktext"]
+        ['0.5', '1', '<b>0.15 mask</b>']
     """
     vals = [v for v in (0.0, 0.5, 1.0) if mark is None or abs(v - mark) > 0.1]
     text = [f"{v:g}" for v in vals]

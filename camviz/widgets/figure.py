@@ -81,8 +81,8 @@ def colorbar(label: str, mark: float | None) -> dict[str, Any]:
     Ticks at 0, 0.5 and 1 (those within 0.1 of the mark give way to it).
 
     Example:
-        >>> colorbar("normalised CAM", 0.15)["ticktext"]
-        ['0.5', '1', '<b>0.15 mask</b>']
+        >>> colorbar("normalised CAM", 0.08)["ticktext"]
+        ['0.5', '1', '<b>0.08 mask</b>']
     """
     vals = [v for v in (0.0, 0.5, 1.0) if mark is None or abs(v - mark) > 0.1]
     text = [f"{v:g}" for v in vals]

@@ -44,9 +44,10 @@ BOX_COLOR = "#00ff00"
 _BLANK = np.full((8, 8, 3), 240, np.uint8)
 
 
-#: Room on the right of the plot for the colour bar, its ticks and its title (pixels).
-CBAR_ROOM = 96
-_MARGIN = dict(l=4, r=4, t=34, b=4)
+#: Room on the right of the plot for the colour bar, its ticks and its title (pixels): a fixed
+#: margin (plotly does not widen it), so the plot's size, and the image's, is known exactly.
+CBAR_ROOM = 112
+_MARGIN = dict(l=4, r=CBAR_ROOM, t=30, b=4, autoexpand=False)
 
 
 def figure_height(size: int, image_shape: tuple[int, ...]) -> int:
@@ -55,10 +56,10 @@ def figure_height(size: int, image_shape: tuple[int, ...]) -> int:
 
     Example:
         >>> figure_height(460, (300, 451)), figure_height(460, (224, 224))
-        (275, 394)
+        (263, 378)
     """
     h, w = int(image_shape[0]), int(image_shape[1])
-    plot_w = size - _MARGIN["l"] - _MARGIN["r"] - CBAR_ROOM
+    plot_w = size - _MARGIN["l"] - _MARGIN["r"]
     plot_h = min(plot_w * h / max(w, 1), 1.5 * plot_w)  # very tall images: narrower, not taller
     return int(round(plot_h)) + _MARGIN["t"] + _MARGIN["b"]
 
@@ -89,7 +90,8 @@ def colorbar(label: str, mark: float | None) -> dict[str, Any]:
     if mark is not None:
         vals.append(float(mark))
         text.append(f"<b>{mark:.2f} mask</b>")
-    return dict(thickness=10, len=1.0, lenmode="fraction", y=1.0, yanchor="top",
+    return dict(thickness=10, len=1.0, lenmode="fraction", y=1.0, yanchor="top", x=1.0,
+                xanchor="left", xpad=6,
                 title=dict(text=html.escape(label), side="right", font=dict(size=11)),
                 tickvals=vals, ticktext=text, ticks="outside", ticklen=3,
                 tickfont=dict(size=10))

@@ -299,6 +299,9 @@ _VIEW_JS = f"""() => {{
     zsum: flat.reduce((a, b) => a + b, 0), zlen: flat.length,
     mask_x: num(gd.data[2].x), box_x: num(gd.data[3].x), box_y: num(gd.data[3].y),
     opacity: gd.data[1].opacity,
+    xrange: gd._fullLayout.xaxis.range, yrange: gd._fullLayout.yaxis.range,
+    xdomain: gd._fullLayout.xaxis.domain, ydomain: gd._fullLayout.yaxis.domain,
+    colorbar: gd.data[1].colorbar && gd.data[1].colorbar.title.text,
   }};
 }}"""
 _ERRORS_JS = """() => {
@@ -424,6 +427,10 @@ def test_a_real_network_on_real_photos(lab: LabServer, page) -> None:
     h, w = shown["meta"]["image_size"]
     assert w > h  # the whole photo (741 x 500), not a square centre crop
     assert len(shown["box_x"]) == 5, "the moped map has no box to compare"
+    # the image fills the plot: no band between the title and the image (issue 17: 9)
+    assert shown["xrange"] == [-0.5, w - 0.5] and shown["yrange"] == [h - 0.5, -0.5]
+    assert shown["ydomain"][1] == pytest.approx(1.0) and shown["colorbar"] == "normalised CAM"
+    assert shown["xdomain"][1] - shown["xdomain"][0] > 0.97
     shown_x = (min(shown["box_x"]) + 0.5, max(shown["box_x"]) - 0.5)
     assert shown_x[1] - shown_x[0] >= 1
     page.locator(".camviz-export-name input").fill("exports/moped-view")

@@ -144,6 +144,8 @@ def test_the_plot_has_the_image_aspect_and_no_band_under_the_title(net, images):
     assert b.figure.layout.height == figure_height(400, (h, w)) < figure_height(400, (40, 40))
     assert b.figure.layout.yaxis.constraintoward == "top"
     assert b.figure.layout.width == 400
+    assert list(b.figure.layout.xaxis.range) == [-0.5, w - 0.5]  # exactly the image
+    assert list(b.figure.layout.yaxis.range) == [h - 0.5, -0.5]  # (row 0 on top)
     b.image_picker.value = 1
     assert b.figure.layout.height == figure_height(400, (40, 40))
 

@@ -69,9 +69,10 @@ def _layout(size: int) -> go.Layout:
         width=size, height=figure_height(size, (1, 1)), margin=_MARGIN,
         title=dict(text="", font=dict(size=13), x=0.01, xanchor="left", y=0.99, yanchor="top",
                    yref="container"),
-        xaxis=dict(visible=False, constrain="domain", constraintoward="left"),
-        yaxis=dict(visible=False, autorange="reversed", scaleanchor="x", constrain="domain",
-                   constraintoward="top"),
+        xaxis=dict(visible=False, constrain="domain", constraintoward="left", autorange=False,
+                   range=[-0.5, 0.5]),
+        yaxis=dict(visible=False, autorange=False, range=[0.5, -0.5], scaleanchor="x",
+                   constrain="domain", constraintoward="top"),
         showlegend=False, plot_bgcolor="white", uirevision="camviz", meta=dict(camviz={}),
     )
 
@@ -120,7 +121,11 @@ def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
     if last is None or frame.source is not last.source:
         image.source = frame.source
     if last is None or frame.image.shape != last.image.shape:
+        h, w = frame.image.shape[:2]
         fig.layout.height = figure_height(int(fig.layout.width), frame.image.shape)
+        # the axes span the image exactly: autorange pads around a box on the image's edge
+        fig.layout.xaxis.range = [-0.5, w - 0.5]
+        fig.layout.yaxis.range = [h - 0.5, -0.5]
     if last is None or (frame.main.label, frame.main.mark) != (last.main.label, last.main.mark):
         heat.colorbar = colorbar(frame.main.label, frame.main.mark)
     if last is None or frame.heat is not last.heat:

@@ -32,8 +32,8 @@ from camviz.maps import min_max
 from camviz.render import grid, outline, overlay
 from camviz.units import threshold_masks, unit_masks
 
-__all__ = ["TILE_COLOR", "GALLERY_FAILURES", "UnitTile", "UnitDetail", "unit_tiles", "unit_map",
-           "top_image_panel"]
+__all__ = ["TILE_COLOR", "GALLERY_FAILURES", "UnitTile", "UnitDetail", "Pictures", "unit_tiles",
+           "tile_pictures", "outlined", "unit_map", "top_image_panel"]
 
 TILE_COLOR = (255, 255, 255)
 #: What a gallery may fail with (a dataset that is not the one scanned, a bad item, an index
@@ -81,7 +81,8 @@ def unit_tiles(
     A tile is the unit's raw map ``f_k`` upsampled bilinearly to the thumbnail, min-max
     normalised, over the thumbnail (alpha 0.5), with its mask outlined. The mask is
     ``f_k > T_k`` (``camviz.units.threshold_masks``) given per-unit ``thresholds`` (K,), else
-    ``f_k > threshold * max f_k``.
+    ``f_k > threshold * max f_k``. (:func:`tile_pictures` and :func:`outlined` are its two
+    halves: the pictures do not depend on the threshold.)
 
     Example:
         >>> from camviz.result import CamResult
@@ -92,11 +93,57 @@ def unit_tiles(
         >>> tile.shape, m.shape
         ((4, 4, 3), (4, 4))
     """
-    th, tw = thumb.shape[:2]
+    return outlined(res, ids, tile_pictures(res, ids, thumb, cmap), thresholds, threshold)
+
+
+@dataclass(frozen=True, eq=False)
+class Pictures:
+    """The threshold-free half of unit tiles: raw maps upsampled to the thumbnail, and those
+    maps (min-max normalised) over the thumbnail."""
+
+    raw: torch.Tensor  # (1, n, h, w) f_k
+    up: torch.Tensor  # (n, th, tw) f_k upsampled
+    pictures: tuple[np.ndarray, ...]  # uint8 (th, tw, 3)
+
+
+def tile_pictures(res: Any, ids: torch.Tensor, thumb: np.ndarray, cmap: str) -> Pictures:
+    """The units' maps over the thumbnail (no mask yet).
+
+    Example:
+        >>> from camviz.result import CamResult
+        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+        ...                 torch.zeros(2), "avg", ["a", "b"])
+        >>> tile_pictures(res, torch.tensor([0, 2]), np.zeros((4, 6, 3), np.uint8), "jet").up.shape
+        torch.Size([2, 4, 6])
+    """
     raw = res.unit_maps(ids)  # (1, n, h, w)
-    masks, maps01 = _masks_and_maps(raw, ids, (th, tw), thresholds, threshold)
-    return [(outline(overlay(thumb, maps01[j], alpha=0.5, cmap=cmap), masks[j],
-                     color=TILE_COLOR), masks[j]) for j in range(maps01.shape[0])]
+    up = F.interpolate(raw, size=thumb.shape[:2], mode="bilinear", align_corners=False)[0]
+    maps01 = min_max(up).cpu().numpy()
+    return Pictures(raw, up, tuple(overlay(thumb, m, alpha=0.5, cmap=cmap) for m in maps01))
+
+
+def outlined(res: Any, ids: torch.Tensor, pics: Pictures, thresholds: torch.Tensor | None,
+             threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(tile, mask) per unit: each picture with its unit's mask outlined (see
+    :func:`unit_tiles`).
+
+    Example:
+        >>> from camviz.result import CamResult
+        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+        ...                 torch.zeros(2), "avg", ["a", "b"])
+        >>> ids = torch.tensor([1])
+        >>> pics = tile_pictures(res, ids, np.zeros((4, 4, 3), np.uint8), "jet")
+        >>> outlined(res, ids, pics, None, 1.0)[0][1].any()  # nothing above its max
+        np.False_
+    """
+    size = tuple(pics.up.shape[-2:])
+    if thresholds is not None:
+        masks = threshold_masks(pics.raw, thresholds[ids.to(thresholds.device)], size=size)[0]
+    else:
+        masks = _mask(pics.up, float(threshold))
+    masks_np = masks.cpu().numpy()
+    return [(outline(pic, m, color=TILE_COLOR), m) for pic, m in zip(pics.pictures, masks_np,
+                                                                     strict=True)]
 
 
 def _masks_and_maps(raw: torch.Tensor, ids: torch.Tensor, size: tuple[int, int],

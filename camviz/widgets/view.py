@@ -54,6 +54,8 @@ from camviz.widgets.tiles import (
     GALLERY_FAILURES,
     UnitDetail,
     UnitTile,
+    outlined,
+    tile_pictures,
     top_image_panel,
     unit_map,
     unit_tiles,
@@ -287,7 +289,8 @@ class ViewModel:
         self._frame: Frame | ErrorFrame | None = None
         self._thresholds: torch.Tensor | None = None
         self._galleries: dict[int, np.ndarray | str] = {}
-        self._memo = {name: _Memo() for name in ("map", "main", "tiles", "options", "detail")}
+        self._memo = {name: _Memo() for name in ("map", "main", "ranked", "tiles", "options",
+                                                  "detail")}
 
     @property
     def state(self) -> ViewState:
@@ -397,15 +400,20 @@ class ViewModel:
     def _tiles(self, view: ImageResult, state: ViewState) -> tuple[UnitTile, ...]:
         if self.n_units == 0:
             return ()
-        u = view.res.units(state.cls, k=self.n_units, order=state.unit_order)
+        # the ranking and the pictures do not depend on the threshold: a drag redraws masks only
+        u, pics = self._memo["ranked"](
+            (view, state.cls, state.unit_order, state.cmap), lambda: self._ranked(view, state))
         ids = u.ids[0]
-        drawn = unit_tiles(view.res, ids, view.thumb, state.cmap, self.unit_thresholds(),
-                           state.threshold)
+        drawn = outlined(view.res, ids, pics, self.unit_thresholds(), state.threshold)
         return tuple(
             UnitTile(unit=int(i), weight=float(w), share=float(s), area=float(m.mean()),
                      mask=m, tile=tile)
             for i, w, s, (tile, m) in zip(ids.tolist(), u.weights[0].tolist(),
                                           u.share[0].tolist(), drawn, strict=True))
+
+    def _ranked(self, view: ImageResult, state: ViewState) -> tuple[Any, Any]:
+        u = view.res.units(state.cls, k=self.n_units, order=state.unit_order)
+        return u, tile_pictures(view.res, u.ids[0], view.thumb, state.cmap)
 
     def _detail(self, view: ImageResult, c: int, unit: int | None) -> UnitDetail | None:
         if unit is None:

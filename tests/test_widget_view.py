@@ -19,9 +19,11 @@ from torch import nn
 import camviz
 from camviz.galleries import unit_gallery
 from camviz.localize import boxes, mask
+from camviz.render import outline
 from camviz.units import threshold_masks
 from camviz.widgets.cache import ResultCache
 from camviz.widgets.drawing import display_map, mask_outline
+from camviz.widgets.tiles import draw_edge
 from camviz.widgets.view import ErrorFrame, Frame, ViewModel, ViewState, find_classes
 
 CLASSES = ["cat", "<b>x</b>", "dog", "eel", "fox", "gnu"]
@@ -314,3 +316,13 @@ def test_find_classes_finds_exactly_the_names_containing_the_text(names, text):
     assert sorted(found) == [i for i, n in enumerate(names) if q in n.casefold()]
     exact = [i for i in found if names[i].casefold() == q]
     assert found[: len(exact)] == exact  # exact names first
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**31 - 1), st.floats(0.1, 0.9))
+def test_tile_edges_are_those_of_render_outline(h, w, seed, p):
+    rng = np.random.default_rng(seed)
+    m = rng.random((h, w)) < p
+    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(draw_edge(img, m, (255, 255, 255)),
+                                  outline(img, m, color=(255, 255, 255)))

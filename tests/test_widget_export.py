@@ -94,6 +94,10 @@ def test_the_paper_figure_is_the_view(net, images, tmp_path):
     for unit in b.state["units"]:
         assert f"unit {unit}" in titles
     assert "threshold 0.45" in main.get_title() and CLASSES[b.class_index] in main.get_title()
+    other = next(u for u in range(16) if u not in b.state["units"])
+    b.select_unit(other)  # a unit chosen by id, not among the tiles: added to them
+    titles = [a.get_title() for a in b.paper_figure().axes if a.get_label() == "unit"]
+    assert len(titles) == 4 and titles[-1].startswith(f"unit {other}\n")
     pdf = b.save(tmp_path / "view", format="pdf")
     assert pdf.suffix == ".pdf" and pdf.read_bytes()[:5] == b"%PDF-"
     png = b.save(tmp_path / "view.png", dpi=100)

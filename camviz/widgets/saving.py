@@ -212,7 +212,9 @@ class Exports:
         return static_figure(self.frame(), size=self.size)
 
     def paper_figure(self) -> Any:
-        """The view as :func:`camviz.figures.view` draws it (matplotlib)."""
+        """The view as :func:`camviz.figures.view` draws it (matplotlib): the class map with its
+        mask and box, and the unit tiles shown (a selected unit is always among them; the
+        paper figure's main panel is the class's map)."""
         return self._paper()()
 
     def _paper(self) -> Callable[[], Any]:
@@ -220,7 +222,10 @@ class Exports:
         view = self.view.cache.get(frame.state.image)
         assert not isinstance(view, Exception)
         s, res = frame.state, view.res
-        kw = dict(units=[t.unit for t in frame.units], stats=self.view.stats,
+        ids = [t.unit for t in frame.units]
+        if s.unit is not None and s.unit not in ids:  # a unit selected by id: among the tiles
+            ids.append(s.unit)
+        kw = dict(units=ids, stats=self.view.stats,
                   order=s.unit_order, level=self.view.level, alpha=s.opacity, cmap=s.cmap,
                   box=s.show_box, mask=s.show_mask)
 

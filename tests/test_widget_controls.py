@@ -204,3 +204,21 @@ def test_throttle_spaces_calls_and_always_draws_the_last_value(moves):
     times = [when for when, _ in drawn]
     assert all(b - a >= 0.1 - 1e-9 for a, b in zip(times, times[1:], strict=False))
     assert {v for _, v in drawn} <= {v for _, v in moves}
+
+
+def test_the_view_shows_the_whole_photo_by_default_and_the_crop_on_request(images):
+    from skimage import data
+
+    torch.manual_seed(0)
+    net = camviz.load_model("resnet18", weights=None, device="cpu")  # resize 256, crop 224
+    chelsea = data.chelsea()  # 451 x 300
+    whole = Browser(net, [chelsea], units=2)
+    assert whole.view.frame.image.shape == (256, 385, 3)  # shorter side 256, all of the photo
+    assert whole.view.frame.cam01.shape == (256, 385) and whole.result.input_size == (256, 385)
+    crop = Browser(net, [chelsea], units=2, view="crop")
+    assert crop.view.frame.image.shape == (224, 224, 3)
+    # the crop is the middle of the whole view: the same pixels, up to resampling
+    mid = whole.view.frame.image[16:240, 80:304].astype(int)
+    assert np.abs(mid - crop.view.frame.image.astype(int)).mean() < 8
+    with pytest.raises(camviz.CamvizError, match="view must be 'whole'"):
+        Browser(net, [chelsea], view="centre")

@@ -52,7 +52,9 @@ class Browser(W.VBox):
 
     ``images``: file paths, a folder, PIL images, arrays, or a tensor (B, 3, H, W) already
     preprocessed; ``labels``: the names they are listed under (default: file names, else
-    "image i"). ``stats``/``dataset``: the :class:`~camviz.scan.UnitStats` of a scan and the
+    "image i"). ``view``: "whole" (the default: each map over the whole photo, its shorter side
+    resized as the model's transform does) or "crop" (the transform's centre crop, as the model
+    was trained). ``stats``/``dataset``: the :class:`~camviz.scan.UnitStats` of a scan and the
     dataset scanned, for unit masks at dataset thresholds (quantile ``level``, None: the scan's
     own) and the units' top images. ``k``: top classes listed; ``units``: unit tiles shown,
     ranked by ``unit_order`` ("contribution" on this image by default, or "weight"). The network
@@ -75,12 +77,13 @@ class Browser(W.VBox):
         unit_order: str = DEFAULT_UNIT_ORDER, threshold: float = PAPER_THRESHOLD,
         opacity: float = 0.5, cmap: str = "jet", show_box: bool = True, show_mask: bool = True,
         level: float | None = None, gallery: int = 6, size: int = 480, keep: int = 128,
+        view: str = "whole",
     ) -> None:
         state = ViewState(threshold=float(threshold), opacity=float(opacity), cmap=cmap,
                           show_box=bool(show_box), show_mask=bool(show_mask),
                           unit_order=unit_order)
         self.net, self.stats, self.dataset, self.size = net, stats, dataset, int(size)
-        self.cache = ResultCache(net, images, keep=keep, labels=labels)
+        self.cache = ResultCache(net, images, keep=keep, labels=labels, view=view)
         self.view = ViewModel(self.cache, stats, dataset=dataset, k=k, units=units,
                               gallery=gallery, level=level, state=state)
         self.last_redraw_ms = 0.0

@@ -38,7 +38,6 @@ NAME = "resnet50 random weights, 224x224 tensors"
 imgs = list(torch.randn(R + 2, 3, 224, 224))
 """,
     "real": """
-import dataclasses
 from skimage import data
 REAL = "efficientnet_lite0" in camviz.list_models()
 torch.manual_seed(0)
@@ -47,7 +46,6 @@ if REAL:
     NAME = "efficientnet_lite0 (ImageNet weights), whole photos"
 else:
     net = camviz.load_model("resnet18", weights=None, device="cpu")
-    net.transform = dataclasses.replace(net.transform, crop=None)
     NAME = "resnet18 random weights (efficientnet_lite0 not installed), whole photos"
 photos = [data.chelsea(), data.coffee(), data.rocket(), data.astronaut(),
           data.stereo_motorcycle()[0], data.immunohistochemistry()]

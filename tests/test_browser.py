@@ -62,8 +62,6 @@ net = camviz.load_model("efficientnet_lite0" if REAL else "resnet18",
 print("network:", "efficientnet_lite0" if REAL else "resnet18 (random weights)", net.num_units,
       "units")""",
     """\
-import dataclasses
-
 def views(img):  # ten views of a photo for the scan: whole and four corners, and mirrored
     w, h = img.size
     for box in ((0, 0, w, h), (0, 0, 2 * w // 3, 2 * h // 3), (w // 3, 0, w, 2 * h // 3),
@@ -73,8 +71,6 @@ def views(img):  # ten views of a photo for the scan: whole and four corners, an
 
 dataset = [net.transform(v) for p in paths for v in views(Image.open(p).convert("RGB"))]
 stats = camviz.scan(net, dataset, cache=False, progress=False)  # 40 crops
-if not REAL:  # the whole photo: the transform without its crop
-    net.transform = dataclasses.replace(net.transform, crop=None)
 browser = camviz.browse(net, paths, stats, dataset=dataset, gallery=4)
 browser""",
 ]

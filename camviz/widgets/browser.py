@@ -238,9 +238,9 @@ class Browser(W.VBox):
         self.map_figure.show(frame)
         self.unit_panel.show(frame)
         self.status.value = "" if isinstance(frame, ErrorFrame) else (
-            f'<span style="font-size:11px;color:#666">{self.cache.forward_passes} forward '
-            f"pass(es) for {self.cache.shown} image(s) shown; class, threshold and unit "
-            "changes reuse the cached pass</span>")
+            f'<div style="font-size:11px;color:#666;line-height:1.3">'
+            f"{self.cache.forward_passes} forward pass(es) for {self.cache.shown} image(s) "
+            "shown; class, threshold and unit changes reuse the cached pass</div>")
 
     def _set_enabled(self, on: bool) -> None:
         if on and self.error.value:

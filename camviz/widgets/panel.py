@@ -88,10 +88,10 @@ def _header(frame: Frame) -> str:
     rule = ("masks: unit map above its dataset quantile" if frame.dataset_masks
             else "masks: unit map above threshold x its max (pass stats= for dataset "
             "thresholds)")
-    return (f"<b>Top units of {name}</b> {html.escape(how)}<br>"
+    return (f'<div style="line-height:1.35"><b>Top units of {name}</b> {html.escape(how)}<br>'
             f'<span style="font-size:11px">w: weight; % of logit: contribution / (logit - '
             f"bias); mask: area. Click a picture to see the unit on the main view. "
-            f"{html.escape(rule)}</span>")
+            f"{html.escape(rule)}</span></div>")
 
 
 def _detail(frame: Frame, d: UnitDetail) -> str:
@@ -214,7 +214,7 @@ class UnitPanel(W.VBox):
 
     def _set_detail(self, text: str, detail: UnitDetail | None) -> None:
         self._detail = detail
-        self.detail.value = text
+        self.detail.value = f'<div style="line-height:1.35">{text}</div>' if text else ""
         if detail is None or detail.gallery is None:
             self.gallery.layout.display = "none"
             return

@@ -31,7 +31,7 @@ from camviz.errors import CamvizError
 from camviz.gapnet import GapNet
 from camviz.images import Preprocess, list_images, to_batch
 from camviz.result import CamResult
-from camviz.widgets.drawing import TILE, data_uri
+from camviz.widgets.drawing import TILE, data_uri, torch_threads
 
 __all__ = ["IMAGE_FAILURES", "VIEWS", "ImageResult", "ResultCache", "as_items", "label_of",
            "labels_of", "whole_photo"]
@@ -215,6 +215,8 @@ class ResultCache:
             res = self.net.run(to_batch([item], self.transform).to(self.net.device))
         self.forward_passes += 1
         self.last_forward_ms = (time.perf_counter() - t0) * 1e3
-        image = res.images()[0]
+        with torch_threads(1):  # one small image: intra-op threads cost more than they give
+            image = res.images()[0]
+            probs = res.probs[0]
         return ImageResult(res=res, image=image, source=data_uri(image), thumb=_thumb(image),
-                           probs=res.probs[0])
+                           probs=probs)

@@ -173,11 +173,11 @@ def test_a_threshold_drag_is_throttled_and_ends_on_the_dropped_value(net, images
         while timers and timers[0][0] <= now[0]:
             timers.pop(0)[1]()
         b.threshold.value = round(float(v), 2)
-    assert b.state["threshold"] != 0.7  # the last moves wait for their turn ...
+    assert b.view.state.threshold != 0.7  # the last moves wait for their turn ...
     now[0] += 1.0
     while timers:
         timers.pop(0)[1]()
-    assert drawn[-1] == 0.7 and b.state["threshold"] == 0.7  # ... and the last is drawn
+    assert drawn[-1] == 0.7 and b.view.state.threshold == 0.7  # ... and the last is drawn
     assert 5 <= len(drawn) <= 7  # 0.5 s of dragging: about ten redraws a second
 
 
@@ -222,3 +222,16 @@ def test_the_view_shows_the_whole_photo_by_default_and_the_crop_on_request(image
     assert np.abs(mid - crop.view.frame.image.astype(int)).mean() < 8
     with pytest.raises(camviz.CamvizError, match="view must be 'whole'"):
         Browser(net, [chelsea], view="centre")
+
+
+def test_what_is_read_or_saved_is_what_the_sliders_say(net, images):
+    b = Browser(net, images)
+    timers = []
+    b.drags["threshold"].later = lambda d, f: timers.append(f) or True
+    b.threshold.value = 0.3  # drawn at once
+    b.threshold.value = 0.6  # held by the throttle (a timer is pending) ...
+    assert b.view.state.threshold == 0.3 and timers
+    assert b.state["threshold"] == 0.6  # ... until something reads the state
+    b.threshold.value = 0.7
+    fig = b.paper_figure()
+    assert "threshold 0.70" in next(a for a in fig.axes if a.get_label() == "map").get_title()

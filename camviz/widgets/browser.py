@@ -96,7 +96,7 @@ class Browser(W.VBox):
         self.unit_header, self.unit_cards = self.unit_panel.header, self.unit_panel.cards
         self.unit_detail, self.unit_gallery = self.unit_panel.detail, self.unit_panel.gallery
         self.exports = Exports(self.view, size=self.size)
-        self.export = ExportBar(self.exports.job)
+        self.export = ExportBar(lambda path, fmt: self._settled().job(path, fmt))
         self.export_name, self.export_format = self.export.name, self.export.format
         self.export_button, self.export_status = self.export.button, self.export.status
         # the main view never shrinks, whatever the unit panel holds; the panel takes the rest
@@ -188,7 +188,15 @@ class Browser(W.VBox):
     @property
     def state(self) -> dict[str, Any]:
         """Everything the view shows, as plain values (also in the figure's layout.meta)."""
+        self._settled()
         return {**self.view.frame.values(), "error": self.error.value or None}
+
+    def _settled(self) -> Exports:
+        """Draw a slider value the throttle still holds, so that what is read or saved is what
+        the sliders say; the exports."""
+        for drag in self.drags.values():
+            drag.flush()
+        return self.exports
 
     def select_class(self, cls: int | str) -> None:
         """Show the map of class ``cls`` (index or name), in or out of the top-k.
@@ -258,7 +266,7 @@ class Browser(W.VBox):
         Example:
             >>> browser.to_figure().write_html("view.html")  # doctest: +SKIP
         """
-        return self.exports.to_figure()
+        return self._settled().to_figure()
 
     def paper_figure(self) -> Any:
         """The current view as a paper figure (:func:`camviz.figures.view`, matplotlib).
@@ -266,7 +274,7 @@ class Browser(W.VBox):
         Example:
             >>> camviz.figures.save(browser.paper_figure(), "view.pdf")  # doctest: +SKIP
         """
-        return self.exports.paper_figure()
+        return self._settled().paper_figure()
 
     def composite(self, units: bool = True) -> Image.Image:
         """The current view (and the unit tiles) as a PIL image, built without any browser.
@@ -274,7 +282,7 @@ class Browser(W.VBox):
         Example:
             >>> browser.composite().save("view.png")  # doctest: +SKIP
         """
-        return self.exports.composite(units)
+        return self._settled().composite(units)
 
     def save(self, path: str | os.PathLike[str], format: str | None = None, dpi: float = 300.0,
              scale: float = 2.0) -> Path:
@@ -285,7 +293,7 @@ class Browser(W.VBox):
         Example:
             >>> browser.save("out/view.svg")  # doctest: +SKIP
         """
-        return self.exports.job(Path(path), format, dpi=dpi, scale=scale)()
+        return self._settled().job(Path(path), format, dpi=dpi, scale=scale)()
 
 
 def browse(net: GapNet | str, images: Any, stats: Stats | None = None,

@@ -223,7 +223,7 @@ def page() -> Iterator[object]:
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1500})
             pg = context.new_page()
             yield pg
             ARTIFACTS.mkdir(exist_ok=True)  # the last state of the page, also after a failure

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m camviz.cli demo --out $(OUT)
+	$(PY) -m camviz demo --out $(OUT)
 
 # Debian's chromium for tests/test_browser.py and kaleido (never `playwright install`: it
 # downloads a browser). Failure is tolerated: the browser test then skips and says why.

@@ -7,11 +7,16 @@ scan / bare throughput (target >= 0.9), also as the median of the ratios of adja
 (adjacent runs share the machine's load, which matters on a shared CPU).
 
     .venv/bin/python benchmarks/bench_scan.py [--model resnet18] [--images 64] [--size 224]
+        [--device cuda] [--autocast bf16] [--json out.json]
+
+With ``--autocast`` both loops run under that autocast (the scan's statistics stay float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
 import sys
 import time
@@ -33,7 +38,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--autocast", choices=["bf16", "fp16"], default=None)
+    ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
 
     torch.manual_seed(0)
     net = camviz.load_model(args.model, weights=None, device=args.device)
@@ -46,18 +54,24 @@ def main() -> None:
 
     cpu: dict[str, list[float]] = {"bare": [], "scan": []}
 
+    def amp() -> contextlib.AbstractContextManager:
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=net.device.type, dtype=dtype)
+
     def bare() -> float:
         t, c = time.perf_counter(), time.process_time()
-        with torch.inference_mode():
-            for x, _ in loader:
-                net.model(x.to(net.device))
+        with torch.inference_mode(), amp():
+            for batch in loader:  # collate's dicts: "image", "label", "failed"
+                net.model(batch["image"].to(net.device))
         sync()
         cpu["bare"].append(time.process_time() - c)
         return time.perf_counter() - t
 
     def scanned() -> float:
         t, c = time.perf_counter(), time.process_time()
-        scan(net, data, batch_size=args.batch_size, cache=False, progress=False)
+        scan(net, data, batch_size=args.batch_size, cache=False, progress=False,
+             autocast=args.autocast)
         sync()
         cpu["scan"].append(time.process_time() - c)
         return time.perf_counter() - t
@@ -83,6 +97,12 @@ def main() -> None:
     cb, cs = statistics.median(cpu["bare"][1:]), statistics.median(cpu["scan"][1:])
     print(f"process CPU time (all threads; robust to other jobs on a shared machine): bare "
           f"{cb:.3f} s, scan {cs:.3f} s, ratio {cb / cs:.3f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"bench": "scan", "model": args.model, "batch": args.batch_size,
+                       "device": str(net.device), "autocast": args.autocast,
+                       "bare": args.images / mb, "camviz": args.images / ms, "unit": "img/s",
+                       "ratio": ms / mb}, fh)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Over a dataset with part masks, each unit's masks (its map upsampled bilinearly to the input,
 kept strictly above its scan quantile) are compared with each part's masks: IoU = sum of
 intersections / sum of unions over the dataset. A unit is a detector of its best part when
-that IoU reaches :data:`IOU_THRESHOLD` (0.04).
+that IoU reaches :data:`IOU_THRESHOLD` (0.04). Items that cannot be read (an image or a part mask)
+are reported in ``meta["failed"]`` with their path and skipped; inside a torch.distributed
+process group each rank dissects its shard and every rank returns the merged counts (pixel
+counts: the same numbers as one process).
 
 Example:
     >>> import torch
@@ -14,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from camviz.datasets import collate
+from camviz.datasets import SkipBad, collate, item_name
+from camviz.distributed import Heartbeat, merge_on_all, pack, shard, together, unpack, world
 from camviz.errors import DatasetError
 from camviz.units import class_units, threshold_masks
-from camviz.unitstats import UnitStats
+from camviz.unitstats import UnitStats, check_match
 
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet
@@ -198,6 +203,79 @@ def _parts_batch(items: list[Any], transform: Any = None) -> dict[str, Any]:
     return batch
 
 
+@dataclass
+class _Tally:
+    """One shard's counts: intersections (K, P), part and unit areas, the part names met."""
+
+    names: list[str]
+    inter: torch.Tensor
+    part_area: torch.Tensor
+    unit_area: torch.Tensor
+    seen: int = 0
+    failed: list[list[Any]] = field(default_factory=list)
+
+    def grow(self, names: Sequence[str]) -> None:
+        new = [n for n in dict.fromkeys(names) if n not in self.names]
+        if new:
+            self.names += new
+            self.inter = torch.cat([self.inter, self.inter.new_zeros(len(self.unit_area),
+                                                                     len(new))], 1)
+            self.part_area = torch.cat([self.part_area, self.part_area.new_zeros(len(new))])
+
+    def merge(self, other: _Tally) -> _Tally:
+        self.grow(other.names)
+        cols = torch.tensor([self.names.index(n) for n in other.names], dtype=torch.long)
+        dev = self.inter.device
+        self.inter[:, cols.to(dev)] += other.inter.to(dev)
+        self.part_area[cols.to(dev)] += other.part_area.to(dev)
+        self.unit_area += other.unit_area.to(dev)
+        self.seen += other.seen
+        self.failed += other.failed
+        return self
+
+    def to_bytes(self) -> bytes:
+        return pack({"inter": self.inter.cpu().numpy(), "part_area": self.part_area.cpu().numpy(),
+                     "unit_area": self.unit_area.cpu().numpy(),
+                     "info": np.array(json.dumps({"names": self.names, "seen": self.seen,
+                                                  "failed": self.failed}))})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: torch.device) -> _Tally:
+        a = unpack(data)
+        info = json.loads(str(a["info"]))
+        return cls(info["names"], torch.from_numpy(a["inter"]).to(device),
+                   torch.from_numpy(a["part_area"]).to(device),
+                   torch.from_numpy(a["unit_area"]).to(device), info["seen"], info["failed"])
+
+
+def _add_batch(t: _Tally, res: Any, part_dicts: list[dict[str, Any]], thresholds: torch.Tensor,
+               mask_size: int | tuple[int, int] | None) -> None:
+    """Add one batch's unit masks and part masks to the tally."""
+    dev, k = thresholds.device, thresholds.shape[0]
+    if mask_size is None:
+        hw = tuple(res.input_size)
+    else:
+        hw = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
+    t.grow([name for d in part_dicts for name in d])
+    b = len(part_dicts)
+    gt = torch.zeros(b, len(t.names), hw[0] * hw[1], device=dev)
+    for i, d in enumerate(part_dicts):
+        for name, m in d.items():
+            m = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m)
+            if tuple(m.shape) != tuple(hw):
+                m = F.interpolate(m.float()[None, None], size=hw, mode="nearest")[0, 0]
+            gt[i, t.names.index(name)] = m.to(dev).reshape(-1).float()
+    t.part_area += gt.sum(dim=(0, 2)).double()
+    # chunk images so (chunk, K, H*W) floats stay ~64 MB
+    step = max(1, int(2**24 // max(1, k * hw[0] * hw[1])))
+    for s in range(0, b, step):
+        masks = threshold_masks(res.features[s:s + step], thresholds, hw)
+        mf = masks.reshape(masks.shape[0], k, -1).float()
+        t.unit_area += mf.sum(dim=(0, 2)).double()
+        t.inter += torch.bmm(mf, gt[s:s + step].transpose(1, 2)).sum(0).double()
+    t.seen += b
+
+
 @torch.no_grad()
 def dissect(
     net: GapNet,
@@ -210,6 +288,7 @@ def dissect(
     num_workers: int = 0,
     progress: bool = True,
     mask_size: int | tuple[int, int] | None = None,
+    distributed: bool = True,
 ) -> Dissection:
     """IoU of every unit's masks with every part's masks over ``dataset`` (Network Dissection).
 
@@ -220,7 +299,8 @@ def dissect(
     be in the network-input frame. ``parts``: the part vocabulary (default: the dataset's
     ``part_names``, else the names met, in order). ``mask_size``: compare at this size instead of
     the input size (part masks resized nearest), to save memory on large inputs or many parts
-    (NetDissect compares at 112 or 56 pixels).
+    (NetDissect compares at 112 or 56 pixels). ``stats`` must come from a scan of this network
+    (:func:`~camviz.unitstats.check_match`). Unreadable items are listed in ``meta["failed"]``.
 
     Example:
         >>> from torch import nn
@@ -232,65 +312,56 @@ def dissect(
         >>> dissect(net, data, st, progress=False).iou.shape
         torch.Size([2, 1])
     """
+    check_match(stats, net)
     names: list[str] = list(parts or getattr(dataset, "part_names", None) or [])
-    thresholds = stats.thresholds(level).to(net.device)
-    k = thresholds.shape[0]
     dev = net.device
-    inter = torch.zeros(k, len(names), dtype=torch.float64, device=dev)
-    part_area = torch.zeros(len(names), dtype=torch.float64, device=dev)
-    unit_area = torch.zeros(k, dtype=torch.float64, device=dev)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=partial(_parts_batch, transform=net.transform))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(dataset), desc="camviz dissect", unit="img")
-    seen = 0
-    try:
-        for batch in loader:
-            if "image" not in batch:
-                continue
-            x, part_dicts = batch["image"], batch["parts"]
-            res = net.run(x.to(dev))
-            if mask_size is None:
-                hw = tuple(res.input_size)
-            else:
-                hw = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(mask_size)
-            for d in part_dicts:
-                for name in d:
-                    if name not in names:
-                        names.append(name)
-            if len(names) > inter.shape[1]:
-                extra = len(names) - inter.shape[1]
-                inter = torch.cat([inter, inter.new_zeros(k, extra)], 1)
-                part_area = torch.cat([part_area, part_area.new_zeros(extra)])
-            b = x.shape[0]
-            gt = torch.zeros(b, len(names), hw[0] * hw[1], device=dev)
-            for i, d in enumerate(part_dicts):
-                for name, m in d.items():
-                    m = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m)
-                    if tuple(m.shape) != tuple(hw):
-                        m = F.interpolate(m.float()[None, None], size=hw, mode="nearest")[0, 0]
-                    gt[i, names.index(name)] = m.to(dev).reshape(-1).float()
-            part_area += gt.sum(dim=(0, 2)).double()
-            # chunk images so (chunk, K, H*W) floats stay ~64 MB
-            step = max(1, int(2**24 // max(1, k * hw[0] * hw[1])))
-            for s in range(0, b, step):
-                masks = threshold_masks(res.features[s:s + step], thresholds, hw)
-                mf = masks.reshape(masks.shape[0], k, -1).float()
-                unit_area += mf.sum(dim=(0, 2)).double()
-                inter += torch.bmm(mf, gt[s:s + step].transpose(1, 2)).sum(0).double()
-            seen += b
-            if bar is not None:
-                bar.update(b)
-    finally:
-        if bar is not None:
+    thresholds = stats.thresholds(level).to(dev)
+    k = thresholds.shape[0]
+    rank, size = world(distributed)
+    items = shard(len(dataset), batch_size, rank, size)
+    with together("camviz dissect"):
+        t = _Tally(list(names), torch.zeros(k, len(names), dtype=torch.float64, device=dev),
+                   torch.zeros(len(names), dtype=torch.float64, device=dev),
+                   torch.zeros(k, dtype=torch.float64, device=dev))
+        safe = SkipBad(dataset, describe=partial(item_name, dataset))
+        loader = DataLoader(Subset(safe, items), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers,
+                            collate_fn=partial(_parts_batch, transform=net.transform))
+        bar = _bar(progress, len(items))
+        hb = Heartbeat("camviz dissect")
+        hb.start(len(loader))
+        try:
+            for batch in loader:
+                t.failed += [list(f) for f in batch["failed"]]
+                if "image" in batch:
+                    _add_batch(t, net.run(batch["image"].to(dev)), batch["parts"], thresholds,
+                               mask_size)
+                bar.update(len(batch["failed"]) + len(batch.get("parts", [])))
+                hb.batch_done()
+        except BaseException:
+            hb.failed()
+            raise
+        finally:
             bar.close()
-    union = unit_area[:, None] + part_area[None, :] - inter
+    if size > 1:
+        t = merge_on_all(t, _Tally.to_bytes, partial(_Tally.from_bytes, device=dev),
+                         _Tally.merge)
+    if t.seen == 0 and t.failed:
+        raise DatasetError(f"none of the {len(dataset)} items could be read; first: "
+                           f"{t.failed[0][0]}: {t.failed[0][1]}")
+    union = t.unit_area[:, None] + t.part_area[None, :] - t.inter
     return Dissection(
-        parts=names, intersection=inter.cpu(), union=union.cpu(),
+        parts=t.names, intersection=t.inter.cpu(), union=union.cpu(),
         level=float(stats.level if level is None else level),
-        iou_threshold=float(iou_threshold), num_images=seen,
-        meta={"unit_area": unit_area.cpu().tolist(), "part_area": part_area.cpu().tolist()},
+        iou_threshold=float(iou_threshold), num_images=t.seen,
+        meta={"unit_area": t.unit_area.cpu().tolist(), "part_area": t.part_area.cpu().tolist(),
+              "failed": t.failed},
     )
+
+
+def _bar(progress: bool, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    rank, size = world()
+    desc = "camviz dissect" if size == 1 else f"camviz dissect (rank {rank} of {size})"
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress or rank != 0)

@@ -9,7 +9,13 @@ normalised; boxes scaled to the map with truncation; one CAM threshold for the w
 Beside them, on the same maps (:mod:`camviz.faithfulness`): the pointing game (15-pixel
 tolerance) on the boxes and on the masks, and with ``faithfulness=True`` deletion and insertion
 AUCs, average drop, increase in confidence and average gain of the ground-truth class (these
-run the network again on perturbed images). Images that fail to load are reported and skipped.
+run the network again on perturbed images). Images that fail to load (image or mask), or whose
+label is not one of the network's classes, are reported with their id and skipped.
+
+Inside a torch.distributed process group each rank scores its shard and every rank returns the
+scores of the whole dataset (:class:`Scores` are sums: hit counts and histograms, merged
+exactly, so the numbers are those of one process); with ``checkpoint=FOLDER`` the partial
+scores are written every ``checkpoint_every`` batches and a rerun resumes from them.
 
 Example:
     >>> from torch import nn
@@ -20,18 +26,24 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from camviz.checkpoints import Checkpoint
 from camviz.datasets import SkipBad, WsolDataset, WsolMetadata, collate
-from camviz.errors import DatasetError
+from camviz.distributed import Heartbeat, merge_on_all, shard, share, together, world
+from camviz.errors import CamvizError, DatasetError
 from camviz.faithfulness import EvalFaithfulness
+from camviz.fingerprints import dataset_fingerprint, model_fingerprint
 from camviz.images import Preprocess
 from camviz.localize import PAPER_THRESHOLD
 from camviz.maps import min_max
@@ -41,7 +53,7 @@ from camviz.result import CamResult
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet
 
-__all__ = ["evaluate", "eval_transform", "gt_maps"]
+__all__ = ["evaluate", "eval_transform", "gt_maps", "Scores"]
 
 
 def eval_transform(net: GapNet, size: int | tuple[int, int] | None = None) -> Preprocess:
@@ -137,6 +149,80 @@ class Scores:
             if self.pxap is not None and "mask" in batch:
                 self.pxap.update(cam, batch["mask"][j], batch["ignore"][j])
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything accumulated, JSON-ready and exact (counts, histograms, fractions).
+
+        Example:
+            >>> Scores(True, False).state_dict()["v2"]["count"]
+            0
+        """
+        px = self.pxap
+        return {
+            "images": self.images, "top1": self.top1, "top5": self.top5,
+            "failed": self.failed, "no_boxes": self.no_boxes,
+            "size_mismatch": self.size_mismatch,
+            "v2": _box_state(self.v2), "v1": _box_state(self.v1),
+            "classic": {"n": self.classic.n, "hits": dict(self.classic.hits)},
+            "pxap": None if px is None else {"true": px.true_hist.tolist(),
+                                             "false": px.false_hist.tolist(), "count": px.count},
+            "faith": self.faith.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> Scores:
+        """Restore :meth:`state_dict` (into Scores made with the same settings); returns self.
+
+        Example:
+            >>> a = Scores(True, False); a.top1 = 3
+            >>> Scores(True, False).load_state_dict(a.state_dict()).top1
+            3
+        """
+        self.images, self.top1, self.top5 = state["images"], state["top1"], state["top5"]
+        self.failed, self.no_boxes = list(state["failed"]), list(state["no_boxes"])
+        self.size_mismatch = list(state["size_mismatch"])
+        for acc, got in ((self.v2, state["v2"]), (self.v1, state["v1"])):
+            acc.count = int(got["count"])
+            acc.num_correct = {int(d): np.asarray(v, dtype=np.float64)
+                               for d, v in got["num_correct"].items()}
+        self.classic.n, self.classic.hits = state["classic"]["n"], dict(state["classic"]["hits"])
+        if (self.pxap is None) != (state["pxap"] is None):
+            raise CamvizError("scores state made with other settings (masks)")
+        if self.pxap is not None:
+            self.pxap.true_hist = np.asarray(state["pxap"]["true"], dtype=np.float64)
+            self.pxap.false_hist = np.asarray(state["pxap"]["false"], dtype=np.float64)
+            self.pxap.count = int(state["pxap"]["count"])
+        self.faith.load_state_dict(state["faith"])
+        return self
+
+    def merge(self, other: Scores) -> Scores:
+        """Add the scores of a later shard (its failures are listed after this one's); returns
+        self. Every part is a count, so the merged report equals one pass over both.
+
+        Example:
+            >>> a, b = Scores(True, False), Scores(True, False)
+            >>> a.images, b.images = 2, 3
+            >>> a.merge(b).images
+            5
+        """
+        self.images += other.images
+        self.top1 += other.top1
+        self.top5 += other.top5
+        self.failed += other.failed
+        self.no_boxes += other.no_boxes
+        self.size_mismatch += other.size_mismatch
+        for mine, theirs in ((self.v2, other.v2), (self.v1, other.v1)):
+            mine.count += theirs.count
+            for d in mine.num_correct:
+                mine.num_correct[d] = mine.num_correct[d] + theirs.num_correct[d]
+        self.classic.n += other.classic.n
+        for k, v in other.classic.hits.items():
+            self.classic.hits[k] += v
+        if self.pxap is not None and other.pxap is not None:
+            self.pxap.true_hist = self.pxap.true_hist + other.pxap.true_hist
+            self.pxap.false_hist = self.pxap.false_hist + other.pxap.false_hist
+            self.pxap.count += other.pxap.count
+        self.faith.merge(other.faith)
+        return self
+
     def report(self) -> dict[str, Any]:
         """The scores so far (see :func:`evaluate` for the keys), in percent."""
         n = self.images
@@ -152,13 +238,17 @@ class Scores:
             out.update(self._box_scores())
         out["PxAP"] = None
         if self.pxap is not None and self.pxap.count:
-            px = self.pxap.compute()
-            out["PxAP"] = px["PxAP"]
-            # the pixel precision-recall curve (thresholds high to low; None where undefined)
-            out["pxap_curve"] = {
-                key: [None if not math.isfinite(v) else float(v) for v in px[key].tolist()]
-                for key in ("precision", "recall")
-            }
+            try:
+                px = self.pxap.compute()
+            except CamvizError as err:  # e.g. every mask empty: the other scores still stand
+                out["PxAP_error"] = str(err)
+            else:
+                out["PxAP"] = px["PxAP"]
+                # the pixel precision-recall curve (thresholds high to low; None where undefined)
+                out["pxap_curve"] = {
+                    key: [None if not math.isfinite(v) else float(v) for v in px[key].tolist()]
+                    for key in ("precision", "recall")
+                }
         out.update(self.faith.compute())
         return out
 
@@ -181,6 +271,29 @@ class Scores:
         return out
 
 
+def _box_state(acc: Any) -> dict[str, Any]:
+    return {"count": acc.count, "num_correct": {str(d): v.tolist()
+                                                for d, v in acc.num_correct.items()}}
+
+
+class _Labelled(Dataset):
+    """A WsolDataset whose items with a label outside ``classes`` fail (before any read)."""
+
+    def __init__(self, ds: WsolDataset, classes: int) -> None:
+        self.ds, self.classes = ds, classes
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Any:
+        label = self.ds.meta[i].label
+        if not 0 <= label < self.classes:
+            what = "has no class label" if label == -1 else f"has label {label}"
+            raise DatasetError(f"{what}, not one of the network's {self.classes} classes "
+                               f"(0..{self.classes - 1}); check class_labels.txt")
+        return self.ds[i]
+
+
 def evaluate(
     net: GapNet,
     data: WsolMetadata | WsolDataset,
@@ -192,6 +305,10 @@ def evaluate(
     num_workers: int = 0,
     faithfulness: bool = False,
     faithfulness_steps: int = 50,
+    autocast: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 50,
+    distributed: bool = True,
 ) -> dict[str, Any]:
     """Run ``net`` over ``data`` and compute every localization score (see the module doc).
 
@@ -203,14 +320,17 @@ def evaluate(
     ``no_boxes`` (images of a box split without a box line: left out of the box scores),
     ``top1_cls``, ``top5_cls``, ``gt_known_loc``, ``top1_loc``, ``top5_loc`` (at
     ``paper_threshold``), ``MaxBoxAcc@30/50/70``, ``MaxBoxAccV2``, ``MaxBoxAccV1``,
-    ``best_threshold`` per IoU, ``PxAP`` (None without masks), ``curves`` (accuracy per CAM
-    threshold), ``pxap_curve`` (with masks: pixel ``precision`` and ``recall``, fractions per
-    threshold, high to low, None where undefined), ``seconds``. All scores in percent. Beside
-    them (:mod:`camviz.faithfulness`, on the same maps): ``pointing_game_box`` /
-    ``pointing_game_mask`` (None without that ground truth) with details in ``pointing_game``;
-    with ``faithfulness`` also ``deletion_auc``, ``insertion_auc`` (``faithfulness_steps``
-    steps), ``average_drop``, ``increase_in_confidence``, ``average_gain`` of the ground-truth
-    class.
+    ``best_threshold`` per IoU, ``PxAP`` (None without masks; ``PxAP_error`` says why when the
+    masks give none), ``curves`` (accuracy per CAM threshold), ``pxap_curve`` (with masks: pixel
+    ``precision`` and ``recall``, fractions per threshold, high to low, None where undefined),
+    ``seconds``. All scores in percent. Beside them (:mod:`camviz.faithfulness`, on the same
+    maps): ``pointing_game_box`` / ``pointing_game_mask`` (None without that ground truth) with
+    details in ``pointing_game``; with ``faithfulness`` also ``deletion_auc``, ``insertion_auc``
+    (``faithfulness_steps`` steps), ``average_drop``, ``increase_in_confidence``,
+    ``average_gain`` of the ground-truth class. ``autocast`` ("bf16", "fp16") runs the network's
+    pass in reduced precision. ``checkpoint``: a folder for the partial scores (every
+    ``checkpoint_every`` batches; removed when done); ``distributed``: inside an initialised
+    process group, score this rank's shard and merge (False: this process scores all).
 
     Example:
         >>> from pathlib import Path
@@ -222,6 +342,8 @@ def evaluate(
         (32, True)
     """
     t0 = time.perf_counter()
+    if batch_size < 1:
+        raise CamvizError(f"batch_size must be at least 1, got {batch_size}")
     tf = eval_transform(net)
     h, w = tf.resize  # type: ignore[misc]
     meta = data.meta if isinstance(data, WsolDataset) else data
@@ -229,27 +351,85 @@ def evaluate(
         raise DatasetError(f"{meta.metadata_dir} has no localization.txt: nothing to score")
     ds = WsolDataset(meta, transform=tf, map_size=(w, h))
     idx = list(range(len(ds) if limit is None else min(limit, len(ds))))
-    safe = SkipBad(ds, describe=lambda i: meta[i].image_id)
-    loader = DataLoader(Subset(safe, idx), batch_size=batch_size, collate_fn=collate,
-                        num_workers=num_workers)
-    faith = EvalFaithfulness(net, perturb=faithfulness, steps=faithfulness_steps)
-    scores = Scores(meta.has_boxes, meta.has_masks, cam_step, paper_threshold, faith)
-    bar = _bar(progress, len(idx))
-    with torch.inference_mode():
-        for batch in loader:
-            scores.failed += [list(f) for f in batch["failed"]]
-            if "image" in batch:
-                scores.update(net.run(batch["image"]), batch, (h, w))
-            bar.update(len(batch.get("label", [])) + len(batch["failed"]))
-    bar.close()
+    rank, size = world(distributed)
+    items = shard(len(idx), batch_size, rank, size)
+
+    def new_scores() -> Scores:
+        faith = EvalFaithfulness(net, perturb=faithfulness, steps=faithfulness_steps)
+        return Scores(meta.has_boxes, meta.has_masks, cam_step, paper_threshold, faith)
+
+    ckpt = None
+    if checkpoint is not None:
+        ids = share(lambda: {"model": model_fingerprint(net), "dataset": dataset_fingerprint(ds)},
+                    "camviz eval")
+        settings = {"batch_size": batch_size, "cam_step": cam_step, "limit": limit,
+                    "paper_threshold": paper_threshold, "faithfulness": faithfulness,
+                    "faithfulness_steps": faithfulness_steps, "autocast": autocast}
+        ckpt = Checkpoint(checkpoint, "eval", {**ids, "settings": settings,
+                                               "shard": [items.start, items.stop]}, rank, size)
+    with together("camviz eval"):
+        scores = _score_shard(net, ds, meta, idx[items.start:items.stop], new_scores(),
+                              batch_size, num_workers, progress, autocast, ckpt,
+                              checkpoint_every, (h, w))
+    if size > 1:
+        scores = merge_on_all(scores, lambda s: json.dumps(s.state_dict()).encode(),
+                              lambda b: new_scores().load_state_dict(json.loads(b)),
+                              lambda a, b: a.merge(b))
     out = scores.report()
     out["missing"] = [list(m) for m in meta.missing]
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    with together("camviz eval: finishing"):
+        pass
+    if ckpt is not None:
+        ckpt.remove()
     return out
 
 
-def _bar(progress: bool, total: int) -> Any:
+def _score_shard(net: GapNet, ds: WsolDataset, meta: WsolMetadata, idx: list[int],
+                 scores: Scores, batch_size: int, num_workers: int, progress: bool,
+                 autocast: str | None, ckpt: Checkpoint | None, every: int,
+                 size: tuple[int, int]) -> Scores:
+    """Score the items ``idx`` of ``ds`` into ``scores``, resuming from and writing ``ckpt``."""
+    done = 0
+    hb = Heartbeat("camviz eval", every or 50)
+    try:
+        got = ckpt.load() if ckpt is not None else None
+        if got is not None:
+            scores.load_state_dict(json.loads(str(got[0]["scores"])))
+            done = int(got[1]["done"])
+    except BaseException:
+        hb.start(None)
+        raise
+    hb.start(-(-(len(idx) - done) // batch_size))
+    safe = SkipBad(_Labelled(ds, net.num_classes), describe=lambda i: meta[i].image_id)
+    loader = DataLoader(Subset(safe, idx[done:]), batch_size=batch_size, collate_fn=collate,
+                        num_workers=num_workers)
+    bar = _bar(progress, len(idx), done)
+    try:
+        with torch.inference_mode():
+            for b, batch in enumerate(loader):
+                scores.failed += [list(f) for f in batch["failed"]]
+                if "image" in batch:
+                    scores.update(net.run(batch["image"], autocast=autocast), batch, size)
+                n = len(batch.get("label", [])) + len(batch["failed"])
+                done += n
+                bar.update(n)
+                if ckpt is not None and every and (b + 1) % every == 0 and done < len(idx):
+                    ckpt.save({"scores": np.array(json.dumps(scores.state_dict()))},
+                              {"done": done})
+                hb.batch_done()
+    except BaseException:
+        hb.failed()
+        raise
+    finally:
+        bar.close()
+    return scores
+
+
+def _bar(progress: bool, total: int, initial: int = 0) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="camviz eval", unit="img", file=sys.stderr,
-                disable=not progress)
+    rank, size = world()
+    desc = "camviz eval" if size == 1 else f"camviz eval (rank {rank} of {size})"
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr,
+                disable=not progress or rank != 0)

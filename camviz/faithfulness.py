@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -83,6 +84,36 @@ __all__ = [
 
 #: The pointing game's tolerance (pixels) in Zhang et al.
 POINTING_TOLERANCE = 15.0
+
+
+class _Mergeable:
+    """State as JSON and exact merging for accumulators of exact sums (``sums``: name ->
+    Fraction, so that shards add up to the very same mean whatever the order) and a ``count``.
+    """
+
+    sums: dict[str, Fraction]
+    count: int
+
+    def _add(self, name: str, values: Tensor) -> None:
+        self.sums[name] += sum((Fraction(v) for v in values.double().reshape(-1).tolist()),
+                               Fraction(0))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated sums (exact, as fractions) and count, JSON-ready."""
+        return {"sums": {k: str(v) for k, v in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any:
+        """Restore :meth:`state_dict`; returns self."""
+        self.sums = {k: Fraction(v) for k, v in state["sums"].items()}
+        self.count = int(state["count"])
+        return self
+
+    def merge(self, other: Any) -> Any:
+        """Add the sums and count of another shard; returns self."""
+        for k, v in other.sums.items():
+            self.sums[k] = self.sums.get(k, Fraction(0)) + v
+        self.count += other.count
+        return self
 
 
 def _maps(cams: Any, device: torch.device | str | None = None) -> Tensor:
@@ -223,6 +254,37 @@ class PointingGame:
             self.total[c] = self.total.get(c, 0) + 1
             self.hits[c] = self.hits.get(c, 0) + int(h)
         return hits
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hits and totals per class and the images without ground truth, JSON-ready."""
+        return {"tolerance": self.tolerance, "no_ground_truth": self.no_ground_truth,
+                "hits": {str(c): v for c, v in self.hits.items()},
+                "total": {str(c): v for c, v in self.total.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> PointingGame:
+        """Restore :meth:`state_dict`; returns self."""
+        self.tolerance, self.no_ground_truth = float(state["tolerance"]), state["no_ground_truth"]
+        self.hits = {int(c): int(v) for c, v in state["hits"].items()}
+        self.total = {int(c): int(v) for c, v in state["total"].items()}
+        return self
+
+    def merge(self, other: PointingGame) -> PointingGame:
+        """Add another shard's hits (same tolerance); returns self.
+
+        Example:
+            >>> a, b = PointingGame(), PointingGame()
+            >>> _ = a.update(torch.ones(1, 4, 4), [0], masks=torch.ones(1, 4, 4))
+            >>> _ = b.update(torch.ones(1, 4, 4), [0], masks=torch.zeros(1, 4, 4))
+            >>> a.merge(b).count, a.no_ground_truth
+            (1, 1)
+        """
+        if other.tolerance != self.tolerance:
+            raise CamvizError("cannot merge pointing games of different tolerances")
+        for c, n in other.total.items():
+            self.total[c] = self.total.get(c, 0) + n
+            self.hits[c] = self.hits.get(c, 0) + other.hits.get(c, 0)
+        self.no_ground_truth += other.no_ground_truth
+        return self
 
     def compute(self) -> dict[str, Any]:
         """The scores so far (see the class doc)."""
@@ -398,7 +460,7 @@ def deletion_insertion(
     }
 
 
-class DeletionInsertion:
+class DeletionInsertion(_Mergeable):
     """Mean deletion and insertion AUCs over a dataset (:func:`deletion_insertion` per batch).
 
     Example:
@@ -417,7 +479,7 @@ class DeletionInsertion:
     ) -> None:
         self.net, self.steps, self.batch_size = net, int(steps), int(batch_size)
         self.baselines = (deletion_baseline, insertion_baseline)
-        self.sums = {"deletion": 0.0, "insertion": 0.0}
+        self.sums = {"deletion": Fraction(0), "insertion": Fraction(0)}
         self.count = 0
 
     def update(self, res_or_x: Any, cams: Any = None, classes: Any = None) -> dict[str, Curves]:
@@ -426,7 +488,7 @@ class DeletionInsertion:
             self.net, res_or_x, cams, classes, self.steps, *self.baselines, self.batch_size
         )
         for name, c in out.items():
-            self.sums[name] += float(c.auc.sum())
+            self._add(name, c.auc)
         self.count += len(out["deletion"].auc)
         return out
 
@@ -435,8 +497,8 @@ class DeletionInsertion:
         if self.count == 0:
             raise CamvizError("no image was added: call update() before compute()")
         return {
-            "deletion_auc": self.sums["deletion"] / self.count,
-            "insertion_auc": self.sums["insertion"] / self.count,
+            "deletion_auc": float(self.sums["deletion"] / self.count),
+            "insertion_auc": float(self.sums["insertion"] / self.count),
             "count": self.count,
             "steps": self.steps,
         }
@@ -467,7 +529,7 @@ def masked_probs(
         return p0, _probs(net.model, x * s[:, None].to(x.dtype), cls)
 
 
-class ConfidenceChange:
+class ConfidenceChange(_Mergeable):
     """Average drop, increase in confidence and average gain (percent; see the module doc).
 
     Example:
@@ -480,7 +542,8 @@ class ConfidenceChange:
 
     def __init__(self, net: Any) -> None:
         self.net = net
-        self.sums = {"average_drop": 0.0, "increase_in_confidence": 0.0, "average_gain": 0.0}
+        self.sums = {k: Fraction(0)
+                     for k in ("average_drop", "increase_in_confidence", "average_gain")}
         self.count = 0
 
     def update(self, res_or_x: Any, cams: Any = None, classes: Any = None) -> tuple[Tensor, Tensor]:
@@ -494,16 +557,16 @@ class ConfidenceChange:
         y, o = y.double(), o.double()
         zero = torch.zeros_like(y)
         drop, gain = (y - o).clamp(min=0), (o - y).clamp(min=0)
-        self.sums["average_drop"] += float(torch.where(drop > 0, drop / y, zero).sum())
-        self.sums["increase_in_confidence"] += float((o > y).sum())
-        self.sums["average_gain"] += float(torch.where(gain > 0, gain / (1 - y), zero).sum())
+        self._add("average_drop", torch.where(drop > 0, drop / y, zero))
+        self._add("increase_in_confidence", (o > y).double())
+        self._add("average_gain", torch.where(gain > 0, gain / (1 - y), zero))
         self.count += len(y)
 
     def compute(self) -> dict[str, Any]:
         """``average_drop``, ``increase_in_confidence``, ``average_gain`` (percent), ``count``."""
         if self.count == 0:
             raise CamvizError("no image was added: call update() before compute()")
-        out: dict[str, Any] = {k: v * 100.0 / self.count for k, v in self.sums.items()}
+        out: dict[str, Any] = {k: float(v * 100 / self.count) for k, v in self.sums.items()}
         out["count"] = self.count
         return out
 
@@ -542,6 +605,43 @@ class EvalFaithfulness:
         if self.di is not None and self.cc is not None:
             self.di.update(res, maps, labels)
             self.cc.update(res, maps, labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every accumulator's state, JSON-ready (for checkpoints and sharded evaluations)."""
+        return {"box": self.box.state_dict(), "mask": self.mask.state_dict(),
+                "di": None if self.di is None else self.di.state_dict(),
+                "cc": None if self.cc is None else self.cc.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> EvalFaithfulness:
+        """Restore :meth:`state_dict` (into accumulators made with the same settings)."""
+        self.box.load_state_dict(state["box"])
+        self.mask.load_state_dict(state["mask"])
+        for name in ("di", "cc"):
+            acc, got = getattr(self, name), state[name]
+            if (acc is None) != (got is None):
+                raise CamvizError("faithfulness state made with other settings (perturb)")
+            if acc is not None:
+                acc.load_state_dict(got)
+        return self
+
+    def merge(self, other: EvalFaithfulness) -> EvalFaithfulness:
+        """Add another shard's accumulators (same settings); returns self.
+
+        Example:
+            >>> a, b = EvalFaithfulness(None), EvalFaithfulness(None)
+            >>> cam = torch.zeros(1, 32, 32); cam[0, 5, 5] = 1.0
+            >>> b.update(None, cam, torch.tensor([0]), boxes=[[[0, 0, 9, 9]]])
+            >>> a.merge(b).compute()["pointing_game_box"]
+            100.0
+        """
+        self.box.merge(other.box)
+        self.mask.merge(other.mask)
+        for mine, theirs in ((self.di, other.di), (self.cc, other.cc)):
+            if (mine is None) != (theirs is None):
+                raise CamvizError("cannot merge faithfulness of different settings (perturb)")
+            if mine is not None:
+                mine.merge(theirs)
+        return self
 
     def compute(self) -> dict[str, Any]:
         """Flat report keys: ``pointing_game_box`` / ``pointing_game_mask`` (None without that

@@ -97,22 +97,25 @@ def save_image(image: Any, path: str | os.PathLike[str], format: str | None = No
     return p
 
 
-def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Remove temporary files that a killed camviz process left in ``folder`` (recursively);
-    returns how many. Files of processes still running are kept.
+def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None,
+                       recursive: bool = True) -> int:
+    """Remove temporary files that a killed camviz process left in ``folder`` (recursively,
+    unless ``recursive`` is False); with ``name`` (a glob of target file names) only those of
+    such targets. Returns how many. Files of processes still running are kept.
 
     Example:
         >>> import tempfile
         >>> d = Path(tempfile.mkdtemp())
         >>> _ = (d / f"{TMP_PREFIX}999999999-x-a.png").write_bytes(b"")
-        >>> remove_stale_temps(d)
-        1
+        >>> remove_stale_temps(d, name="b.png"), remove_stale_temps(d)
+        (0, 1)
     """
     root = Path(folder)
     if not root.is_dir():
         return 0
+    pattern = f"{TMP_PREFIX}*" if name is None else f"{TMP_PREFIX}*-*-{name}"
     n = 0
-    for f in root.rglob(f"{TMP_PREFIX}*"):
+    for f in root.rglob(pattern) if recursive else root.glob(pattern):
         pid = f.name[len(TMP_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and _alive(int(pid)):
             continue

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,13 +27,14 @@ from torch import nn
 
 from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
 from camviz.exactness import check_exact, folded_head, rel_tolerance
+from camviz.fingerprints import module_fingerprint, state_version
 from camviz.hooks import capture, eval_mode
 from camviz.images import Preprocess, to_batch
 from camviz.maps import POOLS, global_pool
 from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
 from camviz.result import CamResult
 
-__all__ = ["GapNet", "resolve_device", "replace_submodule"]
+__all__ = ["GapNet", "resolve_device", "replace_submodule", "trunk_fingerprint"]
 
 Tensor = torch.Tensor
 
@@ -325,6 +327,7 @@ class GapNet:
             classes=self.classes,
             inputs=x,
             transform=self.transform,
+            trunk=trunk_fingerprint(self),
         )
 
     def with_head(self, head: nn.Linear, classes: Sequence[str] | None = None) -> GapNet:
@@ -353,6 +356,29 @@ class GapNet:
             f"head=`{self.adapter.head}` {self.num_units}->{self.num_classes}, pool={self.pool}, "
             f"device={self.device})"
         )
+
+
+_TRUNKS: weakref.WeakKeyDictionary[GapNet, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def trunk_fingerprint(net: GapNet) -> str:
+    """Fingerprint of what a GapNet's unit statistics depend on: the model without its head
+    (tree and tensors), the feature site, the pooling and the preprocessing. A new head on the
+    same trunk (:meth:`GapNet.with_head`) has the same one. Cached per GapNet until one of its
+    tensors is replaced or changed in place, so asking costs microseconds.
+
+    Example:
+        >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 2), device="cpu")
+        >>> trunk_fingerprint(net) == trunk_fingerprint(net.with_head(nn.Linear(4, 3)))
+        True
+    """
+    version = state_version(net.model)
+    cached = _TRUNKS.get(net)
+    if cached is None or version is None or cached[0] != version:
+        extra = (net.adapter.site, net.adapter.post, net.pool, net.transform)
+        cached = (version, module_fingerprint(net.model, skip=net.adapter.head, extra=extra))
+        _TRUNKS[net] = cached
+    return cached[1]
 
 
 def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:

@@ -96,6 +96,7 @@ class CamResult:
     classes: list[str]
     inputs: Tensor | None = None
     transform: Preprocess | None = None
+    trunk: str | None = None  # the net's camviz.gapnet.trunk_fingerprint (for unit statistics)
 
     def __len__(self) -> int:
         return self.logits.shape[0]
@@ -323,4 +324,5 @@ class CamResult:
             classes=self.classes,
             inputs=None if self.inputs is None else self.inputs[index],
             transform=self.transform,
+            trunk=self.trunk,
         )

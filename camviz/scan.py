@@ -6,7 +6,15 @@ network's device) and feeds, per batch, the last conv features F (B, K, h, w) to
 maxima to a :class:`~camviz.stats.RunningTopK` (top images per unit), and the pooled features to
 per-class sums (by label and by prediction). Memory is flat in the dataset's size. The result is
 saved to one ``.npz`` file (no pickle) and cached under ``$CAMVIZ_CACHE/scans`` (or
-``~/.cache/camviz/scans``) by a fingerprint of the model weights and of the dataset.
+``~/.cache/camviz/scans``) by a fingerprint of the model weights and of every dataset item
+(:func:`~camviz.fingerprints.dataset_fingerprint`).
+
+Items that cannot be read are reported (``stats.meta["failed"]``: path and reason) and left out;
+a label outside the network's classes is reported and the image counted without a label.
+Inside a torch.distributed process group each rank scans its shard
+(:func:`camviz.distributed.shard`) and every rank returns the merged statistics; with
+``checkpoint=FOLDER`` the partial state is written every ``checkpoint_every`` batches and a rerun
+with the same arguments resumes from it (:mod:`camviz.checkpoints`).
 
 Dataset items may be a preprocessed tensor (3, H, W), a tuple/list whose first element is one
 (the second, if an int, is the label), or a dict with key ``"image"`` (and optionally
@@ -29,26 +37,43 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from camviz.datasets import as_item, collate
+from camviz.checkpoints import Checkpoint
+from camviz.datasets import SkipBad, as_item, collate, item_name
+from camviz.distributed import (
+    Heartbeat,
+    broadcast_bytes,
+    merge_on_all,
+    pack,
+    share,
+    together,
+    unpack,
+    world,
+)
+from camviz.distributed import shard as shard_of
 from camviz.errors import CamvizError, DatasetError
+from camviz.files import remove_stale_temps
+from camviz.fingerprints import dataset_fingerprint, model_fingerprint
+from camviz.gapnet import trunk_fingerprint
 from camviz.result import CamResult
 from camviz.stats import DEFAULT_RESOLUTION
-from camviz.unitstats import DEFAULT_LEVEL, FORMAT, UnitStats
+from camviz.unitstats import DEFAULT_LEVEL, FORMAT, UnitStats, from_state_arrays, state_arrays
 
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet
 
 __all__ = ["UnitStats", "scan", "model_fingerprint", "dataset_fingerprint", "scan_cache_dir"]
 
+#: What a damaged cache entry may raise when read (it is then recomputed).
+_DAMAGED = (CamvizError, OSError, ValueError, KeyError, EOFError, IndexError, TypeError)
 
 
 def scan_cache_dir() -> Path:
@@ -61,76 +86,6 @@ def scan_cache_dir() -> Path:
     env = os.environ.get("CAMVIZ_CACHE")
     base = Path(env).expanduser() if env else Path.home() / ".cache" / "camviz"
     return base / "scans"
-
-
-# ---------------------------------------------------------------------------------- fingerprints
-
-
-def model_fingerprint(net: GapNet) -> str:
-    """SHA-256 (hex, 16 chars) of the model's architecture (repr), weights and buffers, class
-    names, pooling and preprocessing.
-
-    Example:
-        >>> from torch import nn
-        >>> from camviz.gapnet import GapNet
-        >>> a = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
-        >>> model_fingerprint(a) == model_fingerprint(a)
-        True
-    """
-    h = hashlib.sha256()
-    # the module tree's repr carries the hyper-parameters that weights do not (dilation,
-    # padding, stride...), so a changed architecture with same-shaped weights still differs
-    h.update(json.dumps([repr(net.model), net.pool, list(net.classes)]).encode())
-    for name, t in net.model.state_dict().items():
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    tf = getattr(net, "transform", None)
-    h.update(repr(tf).encode())
-    return h.hexdigest()[:16]
-
-
-_ID_ATTRS = ("fingerprint", "image_ids", "paths", "samples", "imgs", "files", "ids")
-
-
-def dataset_fingerprint(dataset: Any, probes: int = 8) -> str:
-    """SHA-256 (hex, 16 chars) of a dataset's length and item identities.
-
-    Hashes the dataset's class and length, its ``root`` folder if it has one, the first of
-    ``dataset.fingerprint`` (a string or a method returning one), ``image_ids``, ``paths``,
-    ``samples``, ``imgs``, ``files``, ``ids``, and the bytes of ``probes`` items spread evenly
-    over the dataset (first and last included), so changed pixels or preprocessing show too.
-
-    Example:
-        >>> import torch
-        >>> a, b = [torch.zeros(3, 4, 4)], [torch.ones(3, 4, 4)]
-        >>> dataset_fingerprint(a) == dataset_fingerprint(b)
-        False
-    """
-    h = hashlib.sha256()
-    n = len(dataset)
-    h.update(f"{type(dataset).__module__}.{type(dataset).__qualname__}:{n}".encode())
-    root = getattr(dataset, "root", None)
-    if root is not None:  # two folders may list the same relative ids
-        h.update(str(Path(root).resolve()).encode())
-    for attr in _ID_ATTRS:
-        val = getattr(dataset, attr, None)
-        if val is None:
-            continue
-        if callable(val):
-            val = val()
-        h.update(attr.encode())
-        h.update(repr(list(val) if not isinstance(val, str) else val).encode())
-        break
-    # and always the bytes of a few items, so that changed pixels or preprocessing show
-    for i in sorted({round(j * (n - 1) / max(probes - 1, 1)) for j in range(probes)} if n else []):
-        item = as_item(dataset[i])
-        img, label = item["image"], item["label"]
-        arr = img if isinstance(img, torch.Tensor) else torch.as_tensor(np.array(img))
-        h.update(str(i).encode())
-        h.update(arr.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-        h.update(str(label).encode())
-    return h.hexdigest()[:16]
 
 
 def make_loader(
@@ -162,12 +117,30 @@ def make_loader(
     )
 
 
+class _Numbered(Dataset):
+    """Items as dicts that carry their dataset index (``"position"``), for global top-k."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = as_item(self.dataset[i])
+        item["position"] = i
+        return item
+
+
 # ---------------------------------------------------------------------------------- the pass
 
 
 @torch.no_grad()
-def accumulate(stats: UnitStats, res: CamResult, labels: torch.Tensor, first_index: int) -> None:
+def accumulate(
+    stats: UnitStats, res: CamResult, labels: torch.Tensor, first_index: int | torch.Tensor
+) -> None:
     """Feed one batch's :class:`~camviz.result.CamResult` into ``stats`` (used by :func:`scan`).
+    ``first_index``: the dataset index of the batch's first image, or the (B,) indices of all.
 
     Example:
         >>> from torch import nn
@@ -181,7 +154,10 @@ def accumulate(stats: UnitStats, res: CamResult, labels: torch.Tensor, first_ind
     f = res.features  # (B, K, h, w) float32 on the device
     b, k = f.shape[:2]
     stats.quantiles.update_channels_first(f.transpose(0, 1).reshape(k, -1))  # (K, B*h*w)
-    idx = torch.arange(first_index, first_index + b, device=f.device)
+    if isinstance(first_index, torch.Tensor):
+        idx = first_index.to(f.device, torch.int64)
+    else:
+        idx = torch.arange(first_index, first_index + b, device=f.device)
     stats.top.update(f.amax(dim=(2, 3)), idx)
     pooled = res.pooled().to(torch.float64)
     dev = stats.pooled_sum.device
@@ -202,6 +178,93 @@ def accumulate(stats: UnitStats, res: CamResult, labels: torch.Tensor, first_ind
     stats.feature_size = (int(f.shape[2]), int(f.shape[3]))
 
 
+def _label_problems(labels: torch.Tensor, positions: list[int], classes: int,
+                    name: Any) -> list[list[Any]]:
+    bad = ((labels < -1) | (labels >= classes)).nonzero().flatten().tolist()
+    return [[name(positions[j]), f"label {int(labels[j])} is outside the network's {classes} "
+             "classes (0..{}); counted without a label".format(classes - 1)] for j in bad]
+
+
+def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autocast: Any,
+                batch_size: int, num_workers: int, progress: bool,
+                ckpt: Checkpoint | None, every: int) -> UnitStats:
+    """Scan ``items`` of ``dataset`` into ``stats``, resuming from and writing ``ckpt``."""
+    done, failed = 0, []
+    hb = Heartbeat("camviz scan", every or 50)
+    try:
+        got = ckpt.load() if ckpt is not None else None
+        if got is not None:
+            stats = from_state_arrays(got[0], net.device, where=str(ckpt.path))
+            done, failed = int(got[1]["done"]), list(got[1]["failed"])
+    except BaseException:
+        hb.start(None)
+        raise
+    resumed = done
+    name = partial(item_name, dataset)
+    todo = range(items.start + done, items.stop)
+    hb.start(-(-len(todo) // batch_size))
+    loader = make_loader(Subset(SkipBad(_Numbered(dataset), describe=name), todo),
+                         getattr(net, "transform", None), batch_size, num_workers,
+                         pin_memory=net.device.type == "cuda")
+    bar = _bar(progress, len(items), done)
+    c = len(stats.classes)
+    try:
+        for b, batch in enumerate(loader):
+            failed += [list(f) for f in batch["failed"]]
+            n = len(batch["failed"])
+            if "image" in batch:
+                x, labels = batch["image"].to(net.device, non_blocking=True), batch["label"]
+                failed += _label_problems(labels, batch["position"], c, name)
+                labels = torch.where((labels >= 0) & (labels < c), labels, -1)
+                res = net.run(x, autocast=autocast)
+                accumulate(stats, res, labels, torch.as_tensor(batch["position"]))
+                stats.input_size = (int(x.shape[2]), int(x.shape[3]))
+                n += x.shape[0]
+            done += n
+            bar.update(n)
+            if ckpt is not None and every and (b + 1) % every == 0 and done < len(items):
+                stats.meta = {"items": items.stop}  # top-k holds dataset indices up to there
+                ckpt.save(state_arrays(stats), {"done": done, "failed": failed})
+            hb.batch_done()
+    except BaseException:
+        hb.failed()
+        raise
+    finally:
+        bar.close()
+    stats.meta = {"failed": failed, "items": items.stop, "resumed": resumed}
+    return stats
+
+
+def _bar(progress: bool, total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    rank, size = world()
+    desc = "camviz scan" if size == 1 else f"camviz scan (rank {rank} of {size})"
+    return tqdm(total=total, initial=initial, desc=desc, unit="img",
+                disable=not progress or rank != 0)
+
+
+def _read_cache(target: Path, device: Any) -> UnitStats | None:
+    remove_stale_temps(target.parent, name=target.name, recursive=False)
+    if not target.is_file():
+        return None
+    try:
+        return UnitStats.load(target, device=device)
+    except _DAMAGED as err:  # a damaged cache entry is recomputed and replaced
+        warnings.warn(f"damaged scan cache entry {target} ({type(err).__name__}: {err}); "
+                      "scanning again", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _merge(a: UnitStats, b: UnitStats) -> UnitStats:
+    failed = a.meta.get("failed", []) + b.meta.get("failed", [])
+    items = max(a.meta.get("items", 0), b.meta.get("items", 0))
+    resumed = a.meta.get("resumed", 0) + b.meta.get("resumed", 0)
+    a.merge(b)
+    a.meta = {"failed": failed, "items": items, "resumed": resumed}
+    return a
+
+
 def scan(
     net: GapNet,
     dataset: Dataset | Sequence[Any],
@@ -213,6 +276,9 @@ def scan(
     cache: bool | str | os.PathLike[str] = True,
     progress: bool = True,
     autocast: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 50,
+    distributed: bool = True,
 ) -> UnitStats:
     """One pass of ``net`` over ``dataset`` collecting :class:`UnitStats` (see module doc).
 
@@ -221,7 +287,11 @@ def scan(
     sketch keeps the whole distribution); ``resolution``: the quantile sketch's resolution
     (default: rank error < 1e-3 at 0.995). ``cache``: True for the default cache folder, a folder
     path, or False; a scan of the same weights, dataset and settings is loaded from it instead
-    of recomputed.
+    of recomputed. ``checkpoint``: a folder for the partial state (every ``checkpoint_every``
+    batches; removed when the scan completes). ``distributed``: inside an initialised
+    torch.distributed group, scan this rank's shard and merge (False: this process scans all).
+    ``meta["dataset"]`` is the dataset's fingerprint; it is None for a dataset without files
+    scanned with neither cache nor checkpoint (its fingerprint would read every item once more).
 
     Example:
         >>> from torch import nn
@@ -234,55 +304,62 @@ def scan(
     n = len(dataset)
     if n == 0:
         raise DatasetError("the dataset is empty; give scan() at least one item")
-    key = None
-    target: Path | None = None
-    if cache:
-        mfp, dfp = model_fingerprint(net), dataset_fingerprint(dataset)
-        key = hashlib.sha256(
-            json.dumps([FORMAT, mfp, dfp, top_n, resolution, autocast]).encode()
-        ).hexdigest()[:24]
-        folder = scan_cache_dir() if cache is True else Path(cache)
-        target = folder / f"{key}.npz"
-        if target.is_file():
-            try:
-                cached = UnitStats.load(target, device=net.device)
-                cached.level = float(level)
-                return cached
-            except CamvizError:
-                pass  # a damaged cache entry is recomputed and replaced
-    stats = UnitStats.empty(net.num_units, net.classes, top_n, resolution, device=net.device)
-    stats.weight, stats.bias = net.head_weight, net.head_bias
-    stats.level = float(level)
-    loader = make_loader(dataset, getattr(net, "transform", None), batch_size, num_workers,
-                         pin_memory=net.device.type == "cuda")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="camviz scan", unit="img")
+    if batch_size < 1:
+        raise CamvizError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
-    seen = 0
-    try:
-        for batch in loader:
-            if "image" not in batch:
-                continue
-            x, labels = batch["image"].to(net.device, non_blocking=True), batch["label"]
-            res = net.run(x, autocast=autocast)
-            accumulate(stats, res, labels, seen)
-            seen += x.shape[0]
-            stats.input_size = (int(x.shape[2]), int(x.shape[3]))
-            if bar is not None:
-                bar.update(x.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-    stats.meta = {
-        "model": model_fingerprint(net) if key is None else mfp,
-        "dataset": dataset_fingerprint(dataset) if key is None else dfp,
-        "model_repr": repr(net),
-        "seconds": round(time.perf_counter() - start, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    rank, size = world(distributed)
+    # an in-memory dataset's fingerprint reads every item: only when a cache key needs it
+    keyed = bool(cache) or checkpoint is not None
+    ids = share(lambda: {"model": model_fingerprint(net), "trunk": trunk_fingerprint(net),
+                         "dataset": dataset_fingerprint(dataset, read_items=keyed)},
+                "camviz scan")
+    settings = {"top_n": top_n, "resolution": resolution, "autocast": autocast}
+    key = hashlib.sha256(json.dumps([FORMAT, ids["model"], ids["dataset"], *settings.values()])
+                         .encode()).hexdigest()[:24]
+    target = (scan_cache_dir() if cache is True else Path(cache)) / f"{key}.npz" if cache else None
     if target is not None:
-        stats.save(target)
+        cached = _cached(target, net.device, rank, size)
+        if cached is not None:
+            cached.level = float(level)
+            return cached
+    items = shard_of(n, batch_size, rank, size)
+    ckpt = None
+    if checkpoint is not None:
+        ident = {**ids, "settings": {**settings, "batch_size": batch_size},
+                 "shard": [items.start, items.stop]}
+        ckpt = Checkpoint(checkpoint, "scan", ident, rank, size)
+    with together("camviz scan"):
+        stats = UnitStats.empty(net.num_units, net.classes, top_n, resolution, device=net.device)
+        stats.weight, stats.bias = net.head_weight, net.head_bias
+        stats = _scan_shard(net, dataset, items, stats, autocast, batch_size, num_workers,
+                            progress, ckpt, checkpoint_every)
+    if size > 1:
+        stats = merge_on_all(stats, lambda s: pack(state_arrays(s)),
+                             lambda b: from_state_arrays(unpack(b), net.device), _merge)
+    failed, resumed = stats.meta.get("failed", []), stats.meta.get("resumed", 0)
+    if stats.num_images == 0:
+        first = f"; first: {failed[0][0]}: {failed[0][1]}" if failed else ""
+        raise DatasetError(f"none of the {n} items could be read{first}")
+    stats.level = float(level)
+    stats.meta = {**ids, "items": n, "failed": failed, "resumed": resumed,
+                  "model_repr": repr(net), "ranks": size,
+                  "seconds": round(time.perf_counter() - start, 3),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with together("camviz scan: writing"):
+        if target is not None and rank == 0:
+            stats.save(target)
+    if ckpt is not None:
+        ckpt.remove()
     return stats
+
+
+def _cached(target: Path, device: Any, rank: int, size: int) -> UnitStats | None:
+    """The cached scan at ``target`` (rank 0 reads it and gives it to every rank), or None."""
+    if size == 1:
+        return _read_cache(target, device)
+    found = _read_cache(target, device) if rank == 0 else None
+    hit = share(lambda: found is not None, "camviz scan: reading the cache")
+    if not hit:
+        return None
+    data = pack(state_arrays(found)) if rank == 0 else None
+    return found if rank == 0 else from_state_arrays(unpack(broadcast_bytes(data)), device)

@@ -111,6 +111,21 @@ class _Answers:
         out = torch.where(qd == 1, self.max[None].expand_as(out), out)
         return out[0] if scalar else out
 
+    def rank_error_bound(self) -> float:
+        """A worst-case bound on the rank error of any answer, as a fraction of the count:
+        each compaction of a sorted level of weight ``2**h`` moves the estimated rank of any
+        value by at most ``2**h``, so ``sum_h compactions_h * 2**h / count`` bounds it (a
+        merged sketch sums its parts' compactions). 0 while the sketch is exact.
+
+        Example:
+            >>> rq = RunningQuantile(channels=1, resolution=16)
+            >>> rq.update(torch.arange(10.0)[:, None]); rq.rank_error_bound()
+            0.0
+        """
+        if self.count == 0:
+            return 0.0
+        return sum(c << h for h, c in enumerate(self.compactions)) / self.count
+
     @torch.no_grad()
     def rank(self, value: torch.Tensor) -> torch.Tensor:
         """Estimated fraction of values ``<= value`` per channel (value: ``(channels,)``).

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from camviz.errors import CamvizError
 from camviz.result import CamResult
-from camviz.unitstats import UnitStats
+from camviz.unitstats import UnitStats, check_match
 
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet
@@ -126,8 +126,9 @@ def unit_masks(
 ) -> torch.Tensor:
     """Masks of ``units`` on the images of a :class:`~camviz.result.CamResult` (B, n, H, W) bool.
 
-    ``stats``: the :class:`UnitStats` of a scan (thresholds at ``level``) or thresholds (K,)
-    directly. ``units``: ids (n,) shared by all images, or (B, n) per image (e.g.
+    ``stats``: the :class:`UnitStats` of a scan of this network (thresholds at ``level``;
+    statistics of another network are refused, :func:`~camviz.unitstats.check_match`) or
+    thresholds (K,) directly. ``units``: ids (n,) shared by all images, or (B, n) per image (e.g.
     ``res.units(c).ids``). ``size``: "input" (the network input), None (feature cells) or (H, W).
 
     Example:
@@ -138,6 +139,8 @@ def unit_masks(
         >>> unit_masks(res, torch.zeros(4), [0, 3]).shape
         torch.Size([2, 2, 8, 8])
     """
+    if isinstance(stats, UnitStats):
+        check_match(stats, res)
     ids = torch.as_tensor(units, device=res.device, dtype=torch.long)
     t_all = unit_thresholds(stats, level).to(res.device)
     if t_all.shape[0] != res.features.shape[1]:

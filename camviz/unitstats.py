@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,11 +28,14 @@ import torch
 
 from camviz.errors import CamvizError
 from camviz.files import atomic_open
+from camviz.gapnet import GapNet, trunk_fingerprint
+from camviz.result import CamResult
 from camviz.stats import DEFAULT_RESOLUTION, RunningQuantile, RunningTopK
 
-__all__ = ["FORMAT", "DEFAULT_LEVEL", "UnitStats", "state_arrays", "from_state_arrays"]
+__all__ = ["FORMAT", "DEFAULT_LEVEL", "UnitStats", "state_arrays", "from_state_arrays",
+           "check_match"]
 
-FORMAT = "camviz.unitstats/1"
+FORMAT = "camviz.unitstats/2"
 #: The Network Dissection quantile level of unit thresholds.
 DEFAULT_LEVEL = 0.995
 _SUMS = ("pooled_sum", "label_sum", "label_count", "pred_sum", "pred_count")
@@ -241,11 +246,15 @@ class UnitStats:
             raise CamvizError(f"no unit statistics at {path}; create them with camviz.scan "
                               "or `camviz scan --out FILE`")
         try:
-            with np.load(path, allow_pickle=False) as z:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("one array, not an .npz archive")
+            with z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as err:
-            raise CamvizError(f"{path} is not a camviz unit statistics file ({err}); "
-                              "rescan with camviz.scan") from err
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError) as err:
+            raise CamvizError(f"{path} is not a camviz unit statistics file of this version "
+                              f"({type(err).__name__}: {err}); rescan with camviz.scan") from err
         return from_state_arrays(arrays, device, where=str(path))
 
 
@@ -280,27 +289,152 @@ def state_arrays(stats: UnitStats) -> dict[str, np.ndarray]:
     return arrays
 
 
+class _Invalid(Exception):
+    """Why a state is not a camviz statistics state (turned into a CamvizError)."""
+
+
+def _arr(arr: dict[str, np.ndarray], key: str, kind: str, shape: tuple[int | None, ...]
+         ) -> np.ndarray:
+    if key not in arr:
+        raise _Invalid(f"no {key!r} array")
+    a = np.asarray(arr[key])
+    ok = {"f": np.issubdtype(a.dtype, np.floating), "i": np.issubdtype(a.dtype, np.integer)}[kind]
+    if not ok or a.ndim != len(shape) or any(s is not None and s != d
+                                             for s, d in zip(shape, a.shape)):
+        want = "float" if kind == "f" else "integer"
+        raise _Invalid(f"{key!r} is {a.dtype} {a.shape}, expected {want} {shape}")
+    return a
+
+
+def _finite(a: np.ndarray, key: str) -> None:
+    if not np.isfinite(a).all():
+        raise _Invalid(f"{key!r} holds NaN or infinite values")
+
+
+def _int(info: dict[str, Any], key: str) -> int:
+    v = info.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise _Invalid(f"{key!r} is {v!r}, not a count")
+    return v
+
+
+def _check_info(info: Any) -> dict[str, Any]:
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise _Invalid(f"format {got!r}")
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str)
+                                                               for c in classes):
+        raise _Invalid("'classes' is not a list of class names")
+    _int(info, "num_images")
+    for key in ("feature_size", "input_size"):
+        v = info.get(key)
+        if not (isinstance(v, list) and len(v) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)):
+            raise _Invalid(f"{key!r} is {v!r}, not two sizes")
+    level = info.get("level", DEFAULT_LEVEL)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level <= 1:
+        raise _Invalid(f"'level' is {level!r}, not a quantile level in [0, 1]")
+    if not isinstance(info.get("meta", {}), dict):
+        raise _Invalid("'meta' is not a dict")
+    return info
+
+
+def _check_quantiles(arr: dict[str, np.ndarray]) -> int:
+    channels, resolution, _, count = (int(v) for v in _arr(arr, "quantiles.meta", "i", (4,)))
+    if channels < 1 or resolution < 16 or count < 0:
+        raise _Invalid(f"sketch meta {[channels, resolution, count]} out of range")
+    comp = _arr(arr, "quantiles.compactions", "i", (None,))
+    if (comp < 0).any():
+        raise _Invalid("negative compaction counts")
+    if "quantiles.samples" not in arr:
+        if count or "quantiles.min" in arr:
+            raise _Invalid("a sketch with a count but no samples")
+        return channels
+    sizes = _arr(arr, "quantiles.sizes", "i", (len(comp),))
+    if (sizes < 0).any() or len(sizes) > 62:
+        raise _Invalid("bad sketch level sizes")
+    samples = _arr(arr, "quantiles.samples", "f", (channels, int(sizes.sum())))
+    lo = _arr(arr, "quantiles.min", "f", (channels,))
+    hi = _arr(arr, "quantiles.max", "f", (channels,))
+    for a, key in ((samples, "quantiles.samples"), (lo, "quantiles.min"), (hi, "quantiles.max")):
+        if np.isnan(a).any():
+            raise _Invalid(f"{key!r} holds NaN values")
+    if (lo > hi).any():
+        raise _Invalid("sketch minimum above its maximum")
+    # every value fed keeps its weight through compactions: the weights add up to the count
+    if sum(int(s) << h for h, s in enumerate(sizes.tolist())) != count:
+        raise _Invalid("sketch weights do not add up to its count")
+    return channels
+
+
+def _check_top(arr: dict[str, np.ndarray], units: int, items: int) -> None:
+    channels, k, _ = (int(v) for v in _arr(arr, "top.meta", "i", (3,)))
+    if channels != units or k < 1:
+        raise _Invalid(f"top-k of {channels} channels, k={k}, for {units} units")
+    if "top.values" not in arr:
+        return
+    vals = _arr(arr, "top.values", "f", (units, k))
+    idx = _arr(arr, "top.indices", "i", (units, k))
+    if np.isnan(vals).any() or (vals[:, 1:] > vals[:, :-1]).any():
+        raise _Invalid("top-k scores are NaN or not sorted best first")
+    if (idx < -1).any() or (idx >= items).any() or ((idx == -1) != np.isneginf(vals)).any():
+        raise _Invalid(f"top-k image indices out of range -1..{items - 1}")
+
+
+def _check(arr: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    units = _check_quantiles(arr)
+    c, n = len(info["classes"]), info["num_images"]
+    shapes = {"pooled_sum": ("f", (units,)), "label_sum": ("f", (c, units)),
+              "label_count": ("i", (c,)), "pred_sum": ("f", (c, units)), "pred_count": ("i", (c,))}
+    for key, (kind, shape) in shapes.items():
+        a = _arr(arr, key, kind, shape)
+        _finite(a, key) if kind == "f" else None
+        if kind == "i" and ((a < 0).any() or a.sum() > n):
+            raise _Invalid(f"{key!r} counts more images than the {n} scanned")
+    items = info.get("meta", {}).get("items")
+    if not isinstance(items, int) or isinstance(items, bool) or items < n:
+        items = max(n, int(np.asarray(arr.get("top.meta", [0, 0, 0]))[-1]))
+    _check_top(arr, units, items)
+    if ("weight" in arr) != ("bias" in arr):
+        raise _Invalid("a head weight without a bias, or the reverse")
+    if "weight" in arr:
+        _finite(_arr(arr, "weight", "f", (c, units)), "weight")
+        _finite(_arr(arr, "bias", "f", (c,)), "bias")
+
+
 def from_state_arrays(
     arrays: dict[str, np.ndarray], device: str | torch.device = "cpu", where: str = "the state"
 ) -> UnitStats:
-    """The :class:`UnitStats` that :func:`state_arrays` gave (checked: a damaged or foreign
-    state raises :class:`CamvizError` saying it is not a camviz statistics state).
+    """The :class:`UnitStats` that :func:`state_arrays` gave, checked first: missing keys,
+    wrong shapes or types, NaN samples, counts or indices out of range raise
+    :class:`CamvizError` saying it is not a camviz statistics file of this version.
 
     Example:
         >>> from_state_arrays(state_arrays(UnitStats.empty(3, ["a"]))).num_units
         3
+        >>> from_state_arrays({"info": np.array("{}")})
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: the state is not a camviz unit statistics file of this ...
     """
     arr = dict(arrays)
     try:
-        info = json.loads(str(arr.pop("info")))
-    except (KeyError, ValueError) as err:
-        raise CamvizError(f"{where} is not a camviz unit statistics file ({err}); "
-                          "rescan with camviz.scan") from err
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        got = info.get("format") if isinstance(info, dict) else info
-        raise CamvizError(f"{where} has format {got!r}, expected {FORMAT!r}; "
-                          "rescan with camviz.scan")
+        raw = arr.pop("info")
+        if np.asarray(raw).dtype.kind != "U" or np.asarray(raw).ndim != 0:
+            raise _Invalid("'info' is not a JSON string")
+        info = _check_info(json.loads(str(raw)))
+        _check(arr, info)
+        return _build(arr, info, device)
+    except (_Invalid, KeyError, ValueError, TypeError, OverflowError, CamvizError) as err:
+        raise CamvizError(
+            f"{where} is not a camviz unit statistics file of this version ({FORMAT}): {err}; "
+            "rescan with camviz.scan or `camviz scan`"
+        ) from None
 
+
+def _build(arr: dict[str, np.ndarray], info: dict[str, Any], device: str | torch.device
+           ) -> UnitStats:
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
@@ -309,7 +443,8 @@ def from_state_arrays(
     units = int(qstate["meta"][0])
     tmeta = tstate["meta"].tolist()
     return UnitStats(
-        quantiles=RunningQuantile(units).load_state_dict(qstate),
+        quantiles=RunningQuantile(units, resolution=int(qstate["meta"][1]))
+        .load_state_dict(qstate),
         top=RunningTopK(int(tmeta[0]), int(tmeta[1])).load_state_dict(tstate),
         **{name: t(arr[name]) for name in _SUMS},
         classes=list(info["classes"]),
@@ -321,3 +456,37 @@ def from_state_arrays(
         level=float(info.get("level", DEFAULT_LEVEL)),
         meta=dict(info.get("meta", {})),
     )
+
+
+def check_match(stats: Any, source: GapNet | CamResult) -> None:
+    """Refuse unit statistics of another network: ``source`` (a GapNet, or the CamResult of
+    one of its passes) must have the units the statistics describe, and the trunk fingerprint
+    the scan recorded (``stats.meta["trunk"]``; a new head on the same trunk is the same
+    network for its units). Statistics that record no trunk (made by hand) are checked by
+    their unit count only.
+
+    Example:
+        >>> from torch import nn
+        >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
+        >>> st = UnitStats.empty(2, net.classes); st.meta["trunk"] = "0123456789abcdef"
+        >>> check_match(st, net)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: these unit statistics were scanned with another network ...
+    """
+    if isinstance(source, CamResult):
+        units, trunk = int(source.features.shape[1]), source.trunk
+    else:
+        units, trunk = source.num_units, trunk_fingerprint(source)
+    if getattr(stats, "num_units", units) != units:
+        raise CamvizError(f"these unit statistics describe {stats.num_units} units, the network "
+                          f"has {units}; scan this network: camviz.scan(net, dataset)")
+    meta = getattr(stats, "meta", None)
+    theirs = meta.get("trunk") if isinstance(meta, dict) else None
+    if theirs is not None and trunk is not None and theirs != trunk:
+        raise CamvizError(
+            f"these unit statistics were scanned with another network (trunk fingerprint "
+            f"{theirs}; this network's is {trunk}), so their thresholds and top images are not "
+            "this network's units; scan this network: camviz.scan(net, dataset) or `camviz "
+            "scan --model ...` (a new head on the same trunk keeps its statistics)"
+        )

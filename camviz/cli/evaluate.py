@@ -3,11 +3,15 @@
 ``camviz eval --model demo --data demo:test`` prints top-1/top-5 classification, the CAM
 paper's GT-known / top-1 / top-5 localization, MaxBoxAcc@30/50/70, MaxBoxAccV2, V1 and PxAP
 (see :func:`camviz.evaluate.evaluate`). Data: ``demo:SPLIT[:N]`` or
-``METADATA_DIR[:IMAGE_ROOT]`` (a wsolevaluation metadata folder).
+``METADATA_DIR[:IMAGE_ROOT]`` (a wsolevaluation metadata folder). With ``--checkpoint DIR`` the
+partial scores are written every ``--checkpoint-every`` batches and a rerun resumes; under
+``torchrun --nproc_per_node N -m camviz eval ...`` every process scores its shard and rank 0
+prints the scores of the whole dataset.
 
 Example:
     $ camviz eval --model demo --data demo:test:200 --faithfulness
     $ camviz eval --model resnet50 --data metadata/CUB/test:/data/CUB_200_2011/images --json
+    $ torchrun --nproc_per_node 4 -m camviz eval --model resnet50 --data ... --checkpoint ck
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from camviz.cli.common import data_arg, model_args, open_model, positive_int
 from camviz.datasets import resolve_metadata
+from camviz.distributed import joined, world
 from camviz.evaluate import evaluate
 from camviz.localize import PAPER_THRESHOLD
 
@@ -29,7 +34,9 @@ def _table(out: dict[str, Any], model: str, data: str) -> str:
     if out["missing"]:
         lines.append(f"  missing (left out): {len(out['missing'])}, e.g. {out['missing'][0]}")
     if out["failed"]:
-        lines.append(f"  failed to load: {len(out['failed'])}, e.g. {out['failed'][0]}")
+        lines.append(f"  failed (left out): {len(out['failed'])}, e.g. {out['failed'][0]}")
+    if out.get("PxAP_error"):
+        lines.append(f"  PxAP: none ({out['PxAP_error']})")
     if out.get("size_mismatch"):
         lines.append(f"  stored size differs from image_sizes.txt: {len(out['size_mismatch'])}, "
                      f"e.g. {out['size_mismatch'][0]} (boxes were scaled from the listed size)")
@@ -91,6 +98,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--faithfulness-steps", type=positive_int, default=50,
                    help="deletion/insertion steps")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], default=None,
+                   help="run the network's pass in reduced precision (maps stay float32)")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder for the partial scores; a rerun with the same arguments resumes")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="write the partial scores every N batches (0: never)")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -98,21 +111,28 @@ def register(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``camviz eval``: print the scores of ``--model`` on ``--data``."""
-    net = open_model(args)
-    meta = resolve_metadata(args.data)
-    out = evaluate(
-        net,
-        meta,
-        batch_size=args.batch_size,
-        cam_step=args.cam_step,
-        paper_threshold=args.threshold,
-        limit=args.limit,
-        progress=not args.no_progress,
-        num_workers=args.workers,
-        faithfulness=args.faithfulness,
-        faithfulness_steps=args.faithfulness_steps,
-    )
+    """``camviz eval``: print the scores of ``--model`` on ``--data`` (under torchrun: every
+    rank scores its shard, rank 0 prints)."""
+    with joined(args.device) as args.device:
+        net = open_model(args)
+        meta = resolve_metadata(args.data)
+        out = evaluate(
+            net,
+            meta,
+            batch_size=args.batch_size,
+            cam_step=args.cam_step,
+            paper_threshold=args.threshold,
+            limit=args.limit,
+            progress=not args.no_progress,
+            num_workers=args.workers,
+            faithfulness=args.faithfulness,
+            faithfulness_steps=args.faithfulness_steps,
+            autocast=args.autocast,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+        )
+        if world()[0] != 0:
+            return 0 if out["images"] else 1
     if not args.curves:
         out.pop("curves", None)
         out.pop("pxap_curve", None)

@@ -7,9 +7,15 @@ scans (or reads ``--stats FILE``), measures every unit's IoU with every part and
 (its top units, each over its top images, masked). Data specs: see
 :mod:`camviz.datasets.specs` (dissect needs part masks: the demo layout's ``parts.txt``).
 
+A scan writes its partial state every ``--checkpoint-every`` batches into ``--checkpoint``
+(default: ``OUT.partial`` beside the output), so a killed scan rerun with the same arguments
+resumes; under ``torchrun --nproc_per_node N -m camviz scan ...`` every process scans its shard
+and rank 0 writes the output.
+
 Example:
     $ camviz scan --model demo --data demo:test:200 --out out/demo-stats.npz
     $ camviz dissect --model demo --data demo:test:200 --out out/dissect --galleries
+    $ torchrun --nproc_per_node 2 -m camviz scan --model demo --data demo:test --out s.npz
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 from camviz.cli.common import data_arg, model_args, open_model, positive_int
 from camviz.datasets import resolve_data
 from camviz.dissect import dissect
-from camviz.errors import DatasetError
+from camviz.distributed import joined, world
 from camviz.files import save_image, write_text
 from camviz.galleries import class_gallery
 from camviz.gapnet import GapNet
@@ -41,6 +47,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=0.995,
                    help="quantile level of the unit thresholds (Network Dissection: 0.995)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the scan cache")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder for the scan's partial state (default: OUT.partial); a rerun "
+                   "with the same arguments resumes from it")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="write the partial state every N batches (0: never)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -70,19 +81,42 @@ def register(sub: Any) -> None:
     d.set_defaults(func=cmd_dissect)
 
 
-def _scan(args: argparse.Namespace, net: GapNet, data: Any) -> UnitStats:
+def _scan(args: argparse.Namespace, net: GapNet, data: Any, partial: Path) -> UnitStats:
     return scan(net, data, batch_size=args.batch_size, num_workers=args.workers,
                 top_n=args.top_n, level=args.level, cache=not args.no_cache,
-                progress=not args.no_progress)
+                progress=not args.no_progress, checkpoint=args.checkpoint or partial,
+                checkpoint_every=args.checkpoint_every)
+
+
+def failures(what: str, failed: list[Any]) -> str:
+    """One line about the items a pass left out, or "" when none was.
+
+    Example:
+        >>> failures("scan", [["a.png", "truncated file"]])
+        'camviz scan: 1 item(s) left out or relabelled, e.g. a.png: truncated file'
+    """
+    if not failed:
+        return ""
+    return (f"camviz {what}: {len(failed)} item(s) left out or relabelled, e.g. "
+            f"{failed[0][0]}: {failed[0][1]}")
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    """``camviz scan``: write the UnitStats of ``--model`` over ``--data`` to ``--out``."""
-    net = open_model(args)
-    data = resolve_data(args.data, net.transform)
-    stats = _scan(args, net, data)
-    out = stats.save(args.out)
+    """``camviz scan``: write the UnitStats of ``--model`` over ``--data`` to ``--out``
+    (under torchrun: every rank scans its shard, rank 0 writes)."""
+    with joined(args.device) as args.device:
+        net = open_model(args)
+        data = resolve_data(args.data, net.transform)
+        stats = _scan(args, net, data, Path(f"{args.out}.partial"))
+        if world()[0] != 0:
+            return 0
+        out = stats.save(args.out)
     t = stats.thresholds()
+    note = failures("scan", stats.meta.get("failed", []))
+    if note:
+        print(note)
+    if stats.meta.get("resumed"):
+        print(f"camviz scan: resumed from a checkpoint ({stats.meta['resumed']} items were done)")
     print(f"camviz scan: {stats.num_images} images, {stats.num_units} units, "
           f"feature map {stats.feature_size[0]}x{stats.feature_size[1]}; "
           f"T({stats.level}) median {float(t.median()):.4g}")
@@ -91,16 +125,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
-    """``camviz dissect``: unit/part IoU report (JSON + Markdown) and optional galleries."""
-    net = open_model(args)
-    data = resolve_data(args.data, net.transform, need="parts")
-    stats = UnitStats.load(args.stats, device=net.device) if args.stats else _scan(args, net, data)
-    if stats.num_units != net.num_units:
-        raise DatasetError(f"{args.stats} was scanned with a network of {stats.num_units} "
-                           f"units, not {args.model} ({net.num_units}); rescan")
-    d = dissect(net, data, stats, level=args.level, iou_threshold=args.iou,
-                batch_size=args.batch_size, num_workers=args.workers,
-                progress=not args.no_progress, mask_size=args.mask_size)
+    """``camviz dissect``: unit/part IoU report (JSON + Markdown) and optional galleries
+    (under torchrun: every rank dissects its shard, rank 0 writes)."""
+    with joined(args.device) as args.device:
+        net = open_model(args)
+        data = resolve_data(args.data, net.transform, need="parts")
+        stats = (UnitStats.load(args.stats, device=net.device) if args.stats
+                 else _scan(args, net, data, Path(args.out) / "scan.partial"))
+        d = dissect(net, data, stats, level=args.level, iou_threshold=args.iou,
+                    batch_size=args.batch_size, num_workers=args.workers,
+                    progress=not args.no_progress, mask_size=args.mask_size)
+        if world()[0] != 0:
+            return 0
+    return _write_dissection(args, net, data, stats, d)
+
+
+def _write_dissection(args: argparse.Namespace, net: GapNet, data: Any, stats: UnitStats,
+                      d: Any) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     class_parts = data.class_parts(net.classes) if hasattr(data, "class_parts") else None
@@ -119,6 +160,9 @@ def cmd_dissect(args: argparse.Namespace) -> int:
             img = class_gallery(net, data, stats, c, k=args.top_k, n=5, level=args.level,
                                 dissection=d)
             save_image(img, out / f"class_{c:03d}_{safe_name(name)}.png")
+    note = failures("dissect", d.meta.get("failed", []))
+    if note:
+        print(note)
     print(md)
     print(f"output: {out.resolve()}")
     return 0

@@ -13,7 +13,7 @@ Example:
     camviz.errors.DatasetError: bad image count in 'demo:test:many'; use demo:SPLIT:N
 """
 
-from camviz.datasets.batches import ITEM_FAILURES, SkipBad, as_item, collate
+from camviz.datasets.batches import ITEM_FAILURES, SkipBad, as_item, collate, item_name
 from camviz.datasets.folders import ImageFiles, ImageFolder, PartsFolder, image_files
 from camviz.datasets.paths import parse_int, read_rows, safe_join
 from camviz.datasets.specs import (
@@ -39,6 +39,7 @@ __all__ = [
     "collate",
     "demo_split",
     "image_files",
+    "item_name",
     "load_mask",
     "parse_int",
     "parse_spec",

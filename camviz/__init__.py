@@ -23,6 +23,7 @@ from camviz.errors import (
     CamvizError,
     DatasetError,
     ImageError,
+    MissingExtra,
     NotAGapNetwork,
     NotExact,
     UnknownModel,
@@ -30,7 +31,7 @@ from camviz.errors import (
     WeightsUnavailable,
 )
 from camviz.gapnet import GapNet, resolve_device
-from camviz.images import Preprocess, load_image
+from camviz.images import Placement, Preprocess, load_image
 from camviz.models import load_model
 from camviz.registry import Adapter, list_models, register_adapter, register_model
 from camviz.result import CamResult, TopK, Units

@@ -32,6 +32,10 @@ class WeightsUnavailable(CamvizError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
+class MissingExtra(CamvizError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+
 class ImageError(CamvizError):
     """An image file is missing, corrupt, not an image, or unusable by the network."""
 

@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from camviz.datasets import collate
 from camviz.errors import CamvizError
-from camviz.render import dim_outside, grid, outline
+from camviz.render import dim_outside, font, grid, outline
 from camviz.result import CamResult
-from camviz.units import class_index, class_units, unit_masks
+from camviz.units import class_index, class_units, threshold_source, unit_masks
 from camviz.unitstats import UnitStats
 
 if TYPE_CHECKING:
     from camviz.dissect import Dissection
     from camviz.gapnet import GapNet
 
-__all__ = ["OUTLINE_COLOR", "show_mask", "units_on_image", "masked_top_images", "unit_gallery",
-           "class_gallery"]
+__all__ = ["OUTLINE_COLOR", "caption", "show_mask", "units_on_image", "masked_top_images",
+           "unit_gallery", "class_gallery"]
 
 OUTLINE_COLOR = (255, 255, 0)
 
@@ -56,15 +56,20 @@ def _fmt(v: float) -> str:
 
 def units_on_image(
     res: CamResult,
-    stats: UnitStats,
+    stats: UnitStats | torch.Tensor | str,
     cls: int | str,
     k: int = 4,
     index: int = 0,
     level: float | None = None,
+    order: str = "weight",
 ) -> Image.Image:
-    """Panel: the top-``k`` units of class ``cls`` (by w_ck) masked on image ``index`` of ``res``.
+    """Panel: the top-``k`` units of class ``cls`` masked on image ``index`` of ``res``, ranked
+    by w_ck (``order="weight"``) or by their contribution to this image's logit
+    (``"contribution"``: the units that build this map).
 
-    Each tile is captioned with the unit id, its weight and its share of logit - bias.
+    Each tile is captioned with the unit id, its weight and its share of logit - bias; a line
+    under the panel says where the thresholds come from (``stats``: a scan's UnitStats, or
+    ``"image"`` for per-image quantiles, see :func:`camviz.units.unit_masks`).
 
     Example:
         >>> from torch import nn
@@ -75,7 +80,7 @@ def units_on_image(
         True
     """
     c = class_index(res.classes, cls)
-    u = res.select(index).units(c, k=k, order="weight")
+    u = res.select(index).units(c, k=k, order=order)
     masks = unit_masks(res.select(index), stats, u.ids, level=level)[0]
     img = res.images()[index]
     tiles, labels = [img], [f"{res.classes[c]}"]
@@ -84,7 +89,25 @@ def units_on_image(
         tiles.append(show_mask(img, masks[j]))
         share = float(u.share[0, j])
         labels.append(f"u{unit} w{_fmt(float(u.weights[0, j]))} {share:+.0%}")
-    return grid(tiles, labels, cols=len(tiles))
+    return caption(grid(tiles, labels, cols=len(tiles)),
+                   f"unit masks: {threshold_source(stats, level)}")
+
+
+def caption(panel: Image.Image, text: str, height: int = 16) -> Image.Image:
+    """``panel`` with a line of text under it (cut to the panel's width).
+
+    Example:
+        >>> caption(Image.new("RGB", (40, 10)), "hello").size
+        (40, 26)
+    """
+    out = Image.new("RGB", (panel.width, panel.height + height), (255, 255, 255))
+    out.paste(panel, (0, 0))
+    draw = ImageDraw.Draw(out)
+    fnt = font(max(8, height - 4))
+    while len(text) > 3 and draw.textlength(text, font=fnt) > panel.width - 8:
+        text = text[:-2] + "…"
+    draw.text((4, panel.height + 1), text, fill=(0, 0, 0), font=fnt)
+    return out
 
 
 def masked_top_images(

@@ -25,13 +25,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from camviz.adapters import (
+    HEAD_ADVICE,
+    Adapter,
+    check_head_call,
+    fold_norm,
+    grid_features,
+    linear_at,
+)
 from camviz.errors import CamvizError, ImageError, NotAGapNetwork, NotExact
 from camviz.exactness import check_exact, folded_head, rel_tolerance
 from camviz.fingerprints import module_fingerprint, state_version
 from camviz.hooks import capture, eval_mode
-from camviz.images import Preprocess, to_batch
+from camviz.images import Preprocess, to_batch, to_batch_placed
 from camviz.maps import POOLS, global_pool
-from camviz.registry import HEAD_ADVICE, Adapter, adapter_for, linear_at
+from camviz.registry import adapter_for
 from camviz.result import CamResult
 
 __all__ = ["GapNet", "resolve_device", "replace_submodule", "trunk_fingerprint"]
@@ -153,7 +161,7 @@ class GapNet:
         self.model = model.to(self.device)
         self.adapter = adapter
         self.transform = transform
-        self._site = model.get_submodule(adapter.site)
+        self._site = None if adapter.head_call else model.get_submodule(adapter.site)
         self._head = linear_at(model, adapter.head, type(model).__name__)
         self._norm = model.get_submodule(adapter.norm) if adapter.norm else None
         self.classes: list[str] = _class_names(classes, self._head.out_features)
@@ -202,6 +210,8 @@ class GapNet:
             probe_size = (probe_size, probe_size)
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(2, 3, *probe_size, generator=gen).to(self.device)
+        if self.adapter.head_call:
+            check_head_call(self.model, self.adapter, x)
         try:
             with torch.inference_mode():
                 feats, *_ = self._forward(x, check=True)
@@ -241,37 +251,13 @@ class GapNet:
 
     # -- the pass ----------------------------------------------------------------------------------
 
-    def _features_of(self, raw: Any) -> Tensor:
-        if not isinstance(raw, Tensor) or raw.ndim != 4:
-            shape = tuple(raw.shape) if isinstance(raw, Tensor) else type(raw).__name__
-            raise NotAGapNetwork(
-                f"`{self.adapter.site}` gave {shape}, not a (B, K, h, w) conv feature map; "
-                "give GapNet the module whose output is the last conv map"
-            )
-        f = raw.float()
-        if self.adapter.post is not None:
-            f = self.adapter.post(f)
-        if self._norm is not None:
-            # LayerNorm over channels of the pooled vector: subtract its mean and divide by its
-            # std per image, in F itself, so the mean of F is the normalised vector (exact).
-            pooled = f.mean(dim=(2, 3))
-            mu = pooled.mean(dim=1, keepdim=True)
-            var = pooled.var(dim=1, unbiased=False, keepdim=True)
-            eps = float(getattr(self._norm, "eps", 1e-6))
-            f = (f - mu[..., None, None]) / torch.sqrt(var + eps)[..., None, None]
-        return f
-
     def _forward(
         self, x: Tensor, check: bool = True, autocast: torch.dtype | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Features, logits and the effective head (W, b) the pass was checked against."""
-        with eval_mode(self.model), capture(self._site) as cap:
-            out = _call(self.model, x, autocast)
-        if cap.calls == 0:
-            raise NotAGapNetwork(
-                f"`{self.adapter.site}` was not called by {type(self.model).__name__}.forward"
-            )
-        feats = self._features_of(cap.output)
+        raw, out = _raw_pass(self.model, self.adapter, self._site, x, autocast)
+        feats = fold_norm(grid_features(raw, self.adapter, x.shape[-2:], self.num_units),
+                           self._norm, self.pool)
         if isinstance(out, tuple):  # GoogLeNet/Inception in training mode; eval gives a tensor
             out = out[0]
         out = out.float()
@@ -294,20 +280,27 @@ class GapNet:
         """
         return to_batch(images, self.transform).to(self.device)
 
-    def run(self, images: Any, autocast: str | torch.dtype | None = None) -> CamResult:
+    def run(self, images: Any, autocast: str | torch.dtype | None = None,
+            view: str = "crop") -> CamResult:
         """One forward pass under inference mode; returns a :class:`camviz.result.CamResult`.
 
         ``images`` is a normalised tensor (B, 3, H, W), or a list of file paths, PIL images or
-        arrays (preprocessed with the network's transform). ``autocast`` ("bf16", "fp16") runs
-        the network in reduced precision; maps and logits are then computed in float32 from the
-        features, and checked against the network's own output at that precision.
+        arrays (preprocessed with the network's transform). ``view``: "crop" (the transform as
+        it is, e.g. a centre crop) or "whole" (the whole photo, the shorter side resized as the
+        transform does, no crop; photos of different shapes then need one run each). The
+        result's ``placements`` say where each input lies in its photo. ``autocast`` ("bf16",
+        "fp16") runs the network in reduced precision; maps and logits are then computed in
+        float32 from the features, and checked against the network's own output at that
+        precision.
 
         Example:
             >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 5), device="cpu")
             >>> net.run(torch.rand(2, 3, 8, 8)).logits.shape
             torch.Size([2, 5])
         """
-        x = self.prepare(images)
+        prep = (self.transform or Preprocess()).view(view)
+        x, places = to_batch_placed(images, prep)
+        x = x.to(self.device)
         if self.stride is not None and min(x.shape[-2:]) < self.stride:
             raise ImageError(
                 f"input of {x.shape[-2]}x{x.shape[-1]} pixels is smaller than the network's "
@@ -318,17 +311,9 @@ class GapNet:
             feats, logits, weight, bias = self._forward(
                 x, check=True, autocast=_autocast_dtype(autocast)
             )
-        return CamResult(
-            logits=logits,
-            features=feats,
-            weight=weight,
-            bias=bias,
-            pool=self.pool,
-            classes=self.classes,
-            inputs=x,
-            transform=self.transform,
-            trunk=trunk_fingerprint(self),
-        )
+        return CamResult(logits=logits, features=feats, weight=weight, bias=bias, pool=self.pool,
+                         classes=self.classes, inputs=x, transform=prep, placements=places,
+                         trunk=trunk_fingerprint(self))
 
     def with_head(self, head: nn.Linear, classes: Sequence[str] | None = None) -> GapNet:
         """A GapNet with ``head`` in place of this one's final Linear, sharing every other module
@@ -381,6 +366,21 @@ def trunk_fingerprint(net: GapNet) -> str:
     return cached[1]
 
 
+def _raw_pass(model: nn.Module, adapter: Adapter, site: nn.Module | None, x: Tensor,
+              autocast: torch.dtype | None) -> tuple[Any, Any]:
+    """The raw features and the output of one pass: ``model(x)`` with ``site`` hooked, or
+    the adapter's two calls (timm's forward_features, then forward_head)."""
+    with eval_mode(model):
+        if adapter.head_call:
+            raw = _call(getattr(model, adapter.site), x, autocast, model)
+            return raw, _call(getattr(model, adapter.head_call), raw, autocast, model)
+        with capture(site) as cap:
+            out = _call(model, x, autocast, model)
+    if cap.calls == 0:
+        raise NotAGapNetwork(f"`{adapter.site}` was not called by {type(model).__name__}.forward")
+    return cap.output, out
+
+
 def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` with the submodule at dotted ``path`` replaced by ``new``:
     the modules on the path are copied (their own attributes kept), every other module is
@@ -402,15 +402,15 @@ def replace_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return root
 
 
-def _call(model: nn.Module, x: Tensor, autocast: torch.dtype | None) -> Any:
-    """``model(x)`` (under autocast); an input too small for the network is an ImageError."""
+def _call(fn: Any, x: Tensor, autocast: torch.dtype | None, model: nn.Module) -> Any:
+    """``fn(x)`` (under autocast); an input too small for ``model`` is an ImageError."""
     try:
         if autocast is not None:
             with torch.autocast(device_type=x.device.type, dtype=autocast):
-                return model(x)
-        return model(x)
-    except RuntimeError as err:
-        if min(x.shape[-2:]) < 64 and any(
+                return fn(x)
+        return fn(x)
+    except (RuntimeError, AssertionError) as err:
+        if x.ndim == 4 and min(x.shape[-2:]) < 64 and any(
             s in str(err) for s in ("too small", "Output size", "non-positive", "size")
         ):
             raise ImageError(

@@ -58,6 +58,35 @@ def capture(module: nn.Module) -> Iterator[Captured]:
         handle.remove()
 
 
+@contextmanager
+def called_modules(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """Record ``(name, module)`` of every submodule of ``model`` called while the block runs
+    (in the order their calls end); the hooks are removed on exit, also on error.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> with called_modules(m) as called:
+        ...     _ = m[1](torch.zeros(1, 2))
+        >>> [name for name, _ in called], count_hooks(m)
+        (['1'], 0)
+    """
+    called: list[tuple[str, nn.Module]] = []
+    owner = threading.get_ident()
+    handles = []
+    for name, mod in model.named_modules():
+
+        def hook(mod: nn.Module, _inp: Any, _out: Any, name: str = name) -> None:
+            if threading.get_ident() == owner:
+                called.append((name, mod))
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        yield called
+    finally:
+        for h in handles:
+            h.remove()
+
+
 _EVAL_LOCK = threading.Lock()
 _EVAL_USERS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDictionary()
 

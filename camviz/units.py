@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,16 @@ from camviz.unitstats import UnitStats, check_match
 if TYPE_CHECKING:
     from camviz.gapnet import GapNet
 
-__all__ = ["class_index", "class_units", "threshold_masks", "unit_masks", "unit_thresholds"]
+__all__ = ["IMAGE_LEVEL", "MIN_CELLS_ABOVE", "class_index", "class_units", "threshold_masks",
+           "threshold_source", "unit_masks", "unit_thresholds"]
+
+#: Default quantile level of per-image thresholds (``thresholds="image"``): the top 20% of each
+#: unit's cells on that image. Such masks always cover about that share of the image, whatever
+#: the unit detects: a view of where a unit fires most on one photo, not a dataset threshold.
+IMAGE_LEVEL = 0.8
+#: A scan's threshold at level q rests on the cells above it: fewer than this many per unit
+#: (images x cells x (1 - q)) is too few to trust, and unit_masks warns.
+MIN_CELLS_ABOVE = 50
 
 
 def class_index(classes: Sequence[str], cls: int | str) -> int:
@@ -117,18 +127,64 @@ def unit_thresholds(stats: UnitStats | torch.Tensor, level: float | None = None)
     return stats if isinstance(stats, torch.Tensor) else stats.thresholds(level)
 
 
+def threshold_source(stats: UnitStats | torch.Tensor | str, level: float | None = None) -> str:
+    """Where unit thresholds come from, in words, for labels: a scan (its image count and
+    level), per-image quantiles, or thresholds given directly.
+
+    Example:
+        >>> threshold_source("image")
+        "per-image quantile 0.8 (the top 20% of each unit's cells on this image)"
+    """
+    if isinstance(stats, str):
+        q = IMAGE_LEVEL if level is None else float(level)
+        return f"per-image quantile {q:g} (the top {1 - q:.0%} of each unit's cells on this image)"
+    if isinstance(stats, torch.Tensor):
+        return "thresholds given directly"
+    q = stats.level if level is None else float(level)
+    return f"dataset quantile {q:g} from a scan of {stats.num_images} images"
+
+
+def _image_thresholds(maps: torch.Tensor, level: float) -> torch.Tensor:
+    """Each map's quantile at ``level`` over its own cells (B, n). Above the map's minimum the
+    cells at the quantile count as inside (a saturated unit, ReLU6, has a plateau of equal
+    maxima that a strict cut would leave out), less a relative 1e-6 for bilinear rounding."""
+    if not 0.0 <= level < 1.0:
+        raise CamvizError(f"a per-image level must lie in [0, 1), got {level}")
+    cells = maps.flatten(-2).float()
+    t = torch.quantile(cells, level, dim=-1)
+    inside = t > cells.amin(dim=-1)
+    return torch.where(inside, t - 1e-6 * t.abs(), t)
+
+
+def _warn_if_thin(stats: UnitStats, level: float | None) -> None:
+    q = stats.level if level is None else float(level)
+    h, w = stats.feature_size
+    above = stats.num_images * max(1, h * w) * (1.0 - q)
+    if stats.num_images and above < MIN_CELLS_ABOVE:
+        warnings.warn(
+            f"unit thresholds at quantile {q:g} from a scan of only {stats.num_images} images "
+            f"rest on about {above:.0f} cells per unit: scan more images, lower the level, or "
+            "use per-image thresholds (thresholds='image')",
+            stacklevel=3,
+        )
+
+
 def unit_masks(
     res: CamResult,
-    stats: UnitStats | torch.Tensor,
+    stats: UnitStats | torch.Tensor | str,
     units: Sequence[int] | torch.Tensor,
     level: float | None = None,
     size: str | tuple[int, int] | None = "input",
 ) -> torch.Tensor:
     """Masks of ``units`` on the images of a :class:`~camviz.result.CamResult` (B, n, H, W) bool.
 
-    ``stats``: the :class:`UnitStats` of a scan of this network (thresholds at ``level``;
-    statistics of another network are refused, :func:`~camviz.unitstats.check_match`) or
-    thresholds (K,) directly. ``units``: ids (n,) shared by all images, or (B, n) per image (e.g.
+    ``stats`` is the source of the thresholds: the :class:`UnitStats` of a scan of this
+    network (each unit's dataset quantile at ``level``; a warning says when the scan is too
+    small for that level; statistics of another network are refused,
+    :func:`~camviz.unitstats.check_match`), thresholds (K,) given directly, or ``"image"``:
+    each unit's quantile over this image's own cells at ``level`` (default
+    :data:`IMAGE_LEVEL`), for a photo with no dataset to scan. :func:`threshold_source` says
+    which, for labels. ``units``: ids (n,) shared by all images, or (B, n) per image (e.g.
     ``res.units(c).ids``). ``size``: "input" (the network input), None (feature cells) or (H, W).
 
     Example:
@@ -138,17 +194,27 @@ def unit_masks(
         >>> res = net.run(torch.rand(2, 3, 8, 8))
         >>> unit_masks(res, torch.zeros(4), [0, 3]).shape
         torch.Size([2, 2, 8, 8])
+        >>> unit_masks(res, "image", [0, 3], size=None).float().mean().item()  # top 20% of cells
+        0.203125
     """
     if isinstance(stats, UnitStats):
         check_match(stats, res)
     ids = torch.as_tensor(units, device=res.device, dtype=torch.long)
+    maps = res.unit_maps(ids)  # (B, n, h, w) raw f_k
+    hw = res.input_size if size == "input" else size
+    if isinstance(stats, str):
+        if stats != "image":
+            raise CamvizError(f"thresholds are a scan's UnitStats, a tensor or 'image', "
+                              f"got {stats!r}")
+        t = _image_thresholds(maps, IMAGE_LEVEL if level is None else float(level))
+        return threshold_masks(maps, t, None if hw is None else tuple(hw))
+    if isinstance(stats, UnitStats):
+        _warn_if_thin(stats, level)
     t_all = unit_thresholds(stats, level).to(res.device)
     if t_all.shape[0] != res.features.shape[1]:
         raise CamvizError(
             f"{t_all.shape[0]} thresholds for a network of {res.features.shape[1]} units; "
             "use the UnitStats of a scan of this network"
         )
-    maps = res.unit_maps(ids)  # (B, n, h, w) raw f_k
     t = t_all[ids]
-    hw = res.input_size if size == "input" else size
     return threshold_masks(maps, t, None if hw is None else tuple(hw))

@@ -207,6 +207,19 @@ def test_cli_with_a_torchvision_model(tmp_path, rgb_image) -> None:
     )
     assert code == 0
     rec = json.loads((tmp_path / "o" / "results.jsonl").read_text())
-    assert rec["input_size"] == [224, 224] and len(rec["top"]) == 2
+    # the whole view (default): the shorter side resized to 256 as the weights do, no crop
+    assert rec["view"] == "whole" and rec["input_size"] == [256, 277] and len(rec["top"]) == 2
+    assert rec["image_size"] == [240, 260] and rec["region"] == [0, 0, 260, 240]
+    assert Image.open(tmp_path / "o" / rec["overlays"][0]).size == (260, 240)
     net = camviz.load_model("resnet18", weights=None, device="cpu")
     assert rec["top"][0]["name"] in net.classes
+    main(["run", str(tmp_path / "i.png"), "--model", "resnet18", "--weights", "none",
+          "--topk", "2", "--out", str(tmp_path / "c"), "--no-progress", "--device", "cpu",
+          "--view", "crop"])
+    crop = json.loads((tmp_path / "c" / "results.jsonl").read_text())
+    # resized to 256 x 277, centre crop 224 at top 16, left round(26.5) = 26; back in the
+    # 240 x 260 photo's pixels (x 240/256, x 260/277): left 24.4, top 15, right 234.6, bottom 225
+    assert crop["view"] == "crop" and crop["input_size"] == [224, 224]
+    assert crop["region"] == [24, 15, 235, 225]
+    for x0, y0, x1, y1 in crop["boxes"]:
+        assert 24 <= x0 <= x1 < 235 and 15 <= y0 <= y1 < 225

@@ -146,9 +146,10 @@ def test_camviz_run_records_boxes(tiny_net, tmp_path):
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(img)
     run_images(tiny_net, [str(img)], tmp_path / "out", topk=3, progress=False)
     rec = json.loads((tmp_path / "out" / RESULTS).read_text().splitlines()[0])
-    assert len(rec["boxes"]) == 3
-    for x0, y0, x1, y1 in rec["boxes"]:
-        assert 0 <= x0 <= x1 < 32 and 0 <= y0 <= y1 < 32
+    assert len(rec["boxes"]) == 3 and rec["image_size"] == [40, 40]
+    assert rec["box_space"].startswith("photo pixels")
+    for x0, y0, x1, y1 in rec["boxes"]:  # in the 40 x 40 photo's pixels, not the 32 x 32 input's
+        assert 0 <= x0 <= x1 < 40 and 0 <= y0 <= y1 < 40
 
 
 def test_masks_only_split_gives_pxap_and_classification(tiny_net, tmp_path):

@@ -54,7 +54,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("--model", default="demo", help="a name from camviz.list_models()")
     p.add_argument("--weights", default="DEFAULT", type=weights_arg,
-                   help="weights name, DEFAULT, or none for random weights")
+                   help="weights name, DEFAULT, none for random weights, or a checkpoint file "
+                        "of yours (.pth, .safetensors)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
 
 

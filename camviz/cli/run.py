@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--cmap", default="jet")
+    p.add_argument("--view", choices=("whole", "crop"), default="whole",
+                   help="whole: each whole photo, no crop (default); crop: the network's "
+                        "centre crop. Overlays and boxes are on the photo's own pixels either way")
     p.add_argument("--retry-errors", action="store_true", help="redo images that failed before")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
@@ -51,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = run_images(
         net, args.images, args.out, topk=args.topk, batch_size=args.batch_size,
         alpha=args.alpha, cmap=args.cmap, retry_errors=args.retry_errors,
-        progress=not args.no_progress,
+        progress=not args.no_progress, view=args.view,
     )
     print(f"{counts['done']} done, {counts['skipped']} skipped (already done), "
           f"{counts['failed']} failed -> {Path(args.out) / RESULTS}")
@@ -62,5 +65,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``camviz demo``: the showcase; prints where its panels are."""
     for what, folder in run_demo(args.out, n=args.n, device=args.device):
         print(f"camviz demo: {what}")
-        print(f"output: {folder.resolve()} (panels in */panel.png, records in {RESULTS})")
+        if folder is not None:
+            units = ", top units in */units.png" if (folder / "photo-inputs").exists() or any(
+                folder.glob("*/units.png")) else ""
+            print(f"output: {folder.resolve()} (panels in */panel.png{units}, records in "
+                  f"{RESULTS})")
     return 0

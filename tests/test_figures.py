@@ -396,3 +396,16 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ docstring examples
+
+
+def test_top_classes_shows_the_whole_photo_by_default_on_the_cli(tmp_path):
+    from camviz.cli import build_parser
+
+    args = build_parser().parse_args(["figure", "top-classes", "a.png", "--out", "f.pdf"])
+    assert args.view == "whole"
+    wide = np.random.default_rng(0).integers(0, 255, (90, 180, 3), dtype=np.uint8)
+    net = camviz.load_model("demo", device="cpu")
+    fig = figures.top_classes(net.run([wide], view="whole"), k=2)
+    shown = [ax.images[-1].get_array().shape[:2] for ax in fig.axes if ax.get_label() == "map"]
+    h, w = shown[0]
+    assert abs(w / h - 2.0) < 0.05  # the 2:1 photo, not a square crop of it

@@ -19,10 +19,12 @@ from torch import nn
 import camviz
 from camviz.galleries import unit_gallery
 from camviz.localize import boxes, mask
+from camviz.render import outline
 from camviz.units import threshold_masks
 from camviz.widgets.cache import ResultCache
 from camviz.widgets.drawing import display_map, mask_outline
-from camviz.widgets.view import ErrorFrame, Frame, ViewModel, ViewState
+from camviz.widgets.tiles import draw_edge
+from camviz.widgets.view import ErrorFrame, Frame, ViewModel, ViewState, find_classes
 
 CLASSES = ["cat", "<b>x</b>", "dog", "eel", "fox", "gnu"]
 WIDGETS = Path(camviz.__file__).parent / "widgets"
@@ -241,10 +243,86 @@ def test_view_model_cache_and_drawing_import_no_widgets_and_no_scan():
                 names.add(node.module)
         return names
 
-    for name in ("view", "cache", "drawing"):
+    plain = {"view", "cache", "drawing", "tiles", "timing"}  # no ipywidgets, no plotly
+    for name in plain:
         found = imports(WIDGETS / f"{name}.py")
         heavy = {m for m in found if m.split(".")[0] in ("ipywidgets", "plotly", "anywidget")}
         local = {m for m in found if m.startswith("camviz.widgets")}
-        assert not heavy and local <= {"camviz.widgets.cache", "camviz.widgets.drawing"}, name
+        assert not heavy and local <= {f"camviz.widgets.{n}" for n in plain}, name
     for path in WIDGETS.glob("*.py"):
         assert "camviz.scan" not in imports(path), path.name  # widgets show stats, never make them
+
+
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_a_selected_unit_is_on_the_main_view_with_its_mask(net, images, stats, with_stats):
+    vm = _vm(net, images, stats=stats if with_stats else None, units=3)
+    class_frame = vm.set(threshold=0.4)
+    unit = class_frame.units[1].unit
+    frame = vm.set(unit=unit)
+    assert frame.values()["shown"] == "unit" and frame.main.label == "unit activation"
+    raw = _res(vm).unit_maps([unit])
+    up = F.interpolate(raw, size=(40, 48), mode="bilinear", align_corners=False)[0, 0]
+    lo, hi = float(up.min()), float(up.max())
+    np.testing.assert_allclose(frame.cam01, ((up - lo) / (hi - lo)).numpy(), atol=1e-6)
+    if with_stats:  # the tiles' rule: above the unit's dataset quantile
+        t = stats.thresholds(None)
+        want = threshold_masks(raw, t[[unit]], size=(40, 48))[0, 0].numpy()
+        mark = (float(t[unit]) - lo) / (hi - lo)
+        assert "mask: dataset quantile" in frame.title
+    else:  # above threshold x its max
+        want = mask(up, 0.4).numpy()
+        mark = (0.4 * hi - lo) / (hi - lo)
+        assert "mask: threshold 0.40" in frame.title
+    np.testing.assert_array_equal(frame.mask, want)
+    assert frame.main.mark == (pytest.approx(mark) if 0 <= mark <= 1 else None)
+    bb = boxes(want.astype(np.float32), 0.5)
+    assert (frame.box is None) if not len(bb) else np.array_equal(frame.box, bb[0])
+    assert f"<b>unit {unit}</b> of" in frame.title
+    assert vm.set(opacity=0.2).main is frame.main  # kept until another class or unit
+    assert vm.set(cls=(frame.state.cls + 1) % 6).values()["shown"] == "class"
+    back = vm.set(unit=None)
+    assert back.main.label == "normalised CAM" and back.main.mark == back.state.threshold
+
+
+def test_a_gallery_of_another_dataset_is_refused_with_a_message(net, images, data, stats):
+    unit = 3
+    rng = torch.Generator().manual_seed(5)
+    other = [torch.rand(3, 40, 48, generator=rng) for _ in data]  # same length, other images
+    for dataset, want in ((other, "is not the dataset that was scanned"),
+                          (data[:4], "dataset= has 4 images but the statistics were scanned "
+                                     f"on {len(data)}")):
+        vm = _vm(net, images, stats=stats, dataset=dataset, units=2, gallery=3)
+        detail = vm.set(unit=unit).detail
+        assert detail is not None and detail.gallery is None and want in detail.error
+        assert detail.top is not None  # the scan's indices are still listed
+    good = _vm(net, images, stats=stats, dataset=data, units=2, gallery=3).set(unit=unit)
+    assert good.detail.error is None and good.detail.gallery is not None
+
+
+def test_find_classes_ranks_exact_prefix_word_then_substring():
+    names = ["tiger shark", "Tiger", "Bengal tiger", "ligertiger", "tabby"]
+    assert find_classes(names, "TIGER") == [1, 0, 2, 3]
+    assert find_classes(names, "  tig  ") == [0, 1, 2, 3]  # no exact name: prefixes first
+    assert find_classes(names, "x") == [] and find_classes(names, "") == []
+    assert find_classes(names, "ger", limit=2) == [0, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="abAB -", min_size=1, max_size=6), min_size=1, max_size=12),
+       st.text(alphabet="abAB", min_size=1, max_size=3))
+def test_find_classes_finds_exactly_the_names_containing_the_text(names, text):
+    found = find_classes(names, text, limit=len(names))
+    q = text.casefold()
+    assert sorted(found) == [i for i, n in enumerate(names) if q in n.casefold()]
+    exact = [i for i in found if names[i].casefold() == q]
+    assert found[: len(exact)] == exact  # exact names first
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**31 - 1), st.floats(0.1, 0.9))
+def test_tile_edges_are_those_of_render_outline(h, w, seed, p):
+    rng = np.random.default_rng(seed)
+    m = rng.random((h, w)) < p
+    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(draw_edge(img, m, (255, 255, 255)),
+                                  outline(img, m, color=(255, 255, 255)))

@@ -18,6 +18,7 @@ from torch import nn
 import camviz
 from camviz.localize import boxes, mask
 from camviz.widgets import Browser, box_path, colorscale, display_map, mask_outline
+from camviz.widgets.panel import TIPS, area_text, share_text
 
 NASTY = "<script>alert('x')</script>"
 CLASSES = ["cat", NASTY, "a&b", "<b>bold</b>", "dog", "eel"]
@@ -147,20 +148,26 @@ def test_opacity_cmap_and_toggles(net, images):
     assert b.figure.data[3].visible is True and b.figure.data[2].visible is False
 
 
-def test_unit_panel_lists_top_units_by_weight_or_contribution(net, images):
+def test_unit_panel_lists_top_units_by_contribution_then_weight(net, images):
     b = Browser(net, images, units=4)
     c = b.class_index
-    for order in ("weight", "contribution"):
+    assert b.unit_order.value == "contribution" == b.state["unit_order"]  # the default
+    assert "by contribution on this image (the default" in b.unit_header.value
+    for order in ("contribution", "weight"):
         b.unit_order.value = order
         u = b.result.units(c, k=4, order=order)
         assert b.state["units"] == u.ids[0].tolist()
         for j, (img, lab, btn) in enumerate(b.unit_cards):
             unit = int(u.ids[0, j])
+            tile = b.view.frame.units[j]
             assert f"unit <b>{unit}</b>" in lab.value
-            assert f"{float(u.share[0, j]):+.1%} of logit" in lab.value
-            assert "% of image" in lab.value
+            assert f"{share_text(float(u.share[0, j]))} of logit" in lab.value
+            assert f"mask {area_text(tile.area)}" in lab.value
+            for tip in TIPS.values():  # every number says what it is
+                assert f'title="{html.escape(tip)}"' in lab.value
             assert btn.description == f"unit {unit}"
             assert Image.open(__import__("io").BytesIO(img.value)).size[0] > 0
+    assert "by weight w_ck" in b.unit_header.value
     b.unit_cards[0][2].click()
     assert b.state["unit"] == b.state["units"][0]
     assert "camviz.scan" in b.unit_detail.value  # no stats: says how to get the gallery
@@ -269,10 +276,10 @@ def test_composite_export_without_browser(net, images, tmp_path):
                     reason="kaleido needs a Chromium: install Debian's chromium")
 def test_figure_export_svg_and_png_with_kaleido(net, images, tmp_path):
     b = Browser(net, images)
-    svg = b.save(tmp_path / "view.svg")
+    svg = b.save(tmp_path / "view.svg", format="plotly")
     text = svg.read_text()
     assert text.startswith("<svg") and html.escape(CLASSES[b.class_index]) in text
-    png = b.save(tmp_path / "view.png", scale=1)
+    png = b.save(tmp_path / "view.png", format="plotly", scale=1)
     assert Image.open(png).size == (b.figure.layout.width, b.figure.layout.height)
 
 
@@ -355,7 +362,7 @@ def test_the_figure_shows_the_frame_and_a_static_figure_is_the_same(net, images)
     assert b.figure.layout.meta["camviz"] == frame.values() == {
         k: v for k, v in b.state.items() if k != "error"}
     # what the widget shows and what a static figure of the frame shows are one figure
-    static, widget = static_figure(frame, size=460).to_dict(), b.to_figure().to_dict()
+    static, widget = static_figure(frame, size=b.size).to_dict(), b.figure.to_dict()
     for tr in widget["data"]:
         tr.pop("uid")  # FigureWidget names its traces for the page
     assert static == widget

@@ -4,6 +4,7 @@
     camviz eval --model demo --data demo:test:200
     camviz scan --model demo --data demo:test:200 --out stats.npz
     camviz dissect --model demo --data demo:test:200 --out out/dissect
+    camviz fine-tune --model demo-fc --to-gap --data demo:train:2000 --out fc.safetensors
     camviz fit-head --model demo --data demo-novel:train:200 --out novel.safetensors
 
 Errors camviz raises on purpose (:class:`~camviz.errors.CamvizError`) print one line and exit
@@ -27,8 +28,10 @@ from camviz.errors import CamvizError
 __all__ = ["build_parser", "main", "COMMANDS"]
 
 #: Modules that add subcommands, each with ``register(subparsers)``.
-COMMANDS = ["camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units", "camviz.cli.figure",
-            "camviz.cli.heads"]
+COMMANDS = [
+    "camviz.cli.run", "camviz.cli.evaluate", "camviz.cli.units", "camviz.cli.figure",
+    "camviz.cli.finetune", "camviz.cli.heads",
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -67,6 +67,8 @@ def register(sub: Any) -> None:
     p.add_argument("image", help="an image file")
     model_args(p)
     p.add_argument("--k", type=int, default=5, help="number of classes (default 5)")
+    p.add_argument("--view", choices=("whole", "crop"), default="whole",
+                   help="the whole photo (default) or the network's centre crop")
     _common(p)
     p.set_defaults(func=cmd_top_classes)
 
@@ -130,7 +132,7 @@ def cmd_top_classes(args: argparse.Namespace) -> int:
     """``camviz figure top-classes``."""
     _check(args)
     net = open_model(args)
-    res = net.run([args.image])
+    res = net.run([args.image], view=args.view)
     return _write(figures.top_classes(res, 0, args.k, width=args.width, cmap=args.cmap), args)
 
 

@@ -37,7 +37,9 @@ The box is the bounding box of the object mask; every part mask lies inside the 
 distractor masks lie outside the object's box.
 
 Models: ``camviz.load_model("demo")`` (global average pooling) and ``"demo-gmp"`` (global max
-pooling, same architecture and training), both with class names and preprocessing. They are
+pooling, same architecture and training), both with class names and preprocessing;
+``"demo-fc-gap"``, a VGG-style net with fully connected layers converted to GAP and fine-tuned
+(:mod:`camviz.demo.fcnet`; ``"demo-fc"``, its unconverted baseline, is refused). They are
 registered lazily in :mod:`camviz.registry` (this package is imported when one is loaded).
 
 Example:

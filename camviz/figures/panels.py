@@ -80,7 +80,8 @@ def top_classes(
     maps = as_numpy(one.cams(top.indices, size="input", normalize=True)[0])
     image = one.images()[0]
     n = maps.shape[0]
-    fig, axes = panel_grid(width, 1, n + 1, title_lines=2)
+    aspect = min(image.shape[0] / image.shape[1], 1.0)  # a tall photo keeps square cells
+    fig, axes = panel_grid(width, 1, n + 1, title_lines=2, aspect=aspect)
     image_panel(axes[0, 0], image, "input")
     for j, (name, p) in enumerate(zip(top.names[0], top.probs[0].tolist(), strict=True)):
         map_panel(axes[0, j + 1], image, maps[j], cmap, alpha, f"{name}\np = {p:.2f}")

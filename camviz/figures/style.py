@@ -177,12 +177,14 @@ def panel_grid(
     left: float = 0.0,
     cbar: bool = True,
     extra: float = 0.0,
+    aspect: float = 1.0,
 ) -> tuple[PaperFigure, np.ndarray]:
-    """A figure of ``nrows`` x ``ncols`` square image panels at ``width``; its height follows.
+    """A figure of ``nrows`` x ``ncols`` image panels at ``width``; its height follows.
 
     ``left``: inches for row labels; ``cbar``: room for a colour bar on the right; ``extra``:
-    inches added to the height (a figure title, a legend). Returns ``(fig, axes (nrows,
-    ncols))``, the axes without ticks or frames.
+    inches added to the height (a figure title, a legend); ``aspect``: the panels' height over
+    width (1: square; a whole photo's own). Returns ``(fig, axes (nrows, ncols))``, the axes
+    without ticks or frames.
 
     Example:
         >>> fig, axes = panel_grid("page", 2, 3)
@@ -191,7 +193,7 @@ def panel_grid(
     """
     w = figure_width(width)
     side = max((w - left - (0.5 if cbar else 0.05)) / ncols - 0.03, 0.2)
-    fig = new_figure(w, nrows * (side + text_height(title_lines) + 0.03) + 0.05 + extra)
+    fig = new_figure(w, nrows * (side * aspect + text_height(title_lines) + 0.03) + 0.05 + extra)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         clean(ax)

@@ -4,7 +4,9 @@
 :class:`~camviz.widgets.view.ViewModel`, which answers with a frame; the
 :class:`~camviz.widgets.figure.MapFigure` and the :class:`~camviz.widgets.panel.UnitPanel`
 draw that frame. The network runs once per image (the
-:class:`~camviz.widgets.cache.ResultCache`), never for a redraw.
+:class:`~camviz.widgets.cache.ResultCache`), never for a redraw. Slider drags are throttled
+(:class:`~camviz.widgets.timing.Throttle`: about ten redraws a second, the dropped value always
+drawn), and saving runs off the kernel's thread (:mod:`~camviz.widgets.saving`).
 
 Example:
     >>> import camviz
@@ -17,7 +19,7 @@ from __future__ import annotations
 import html
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,75 +27,39 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from PIL import Image
 
-from camviz.errors import CamvizError
-from camviz.export import compose_view, save_image, write_figure
 from camviz.gapnet import GapNet
 from camviz.localize import PAPER_THRESHOLD
 from camviz.models import load_model
 from camviz.render import COLORMAPS
 from camviz.result import CamResult
 from camviz.widgets.cache import ResultCache
+from camviz.widgets.controls import ClassFinder, tagged
 from camviz.widgets.figure import MapFigure
 from camviz.widgets.panel import UnitPanel
-from camviz.widgets.view import ErrorFrame, Frame, Stats, ViewModel, ViewState
+from camviz.widgets.saving import ExportBar, Exports
+from camviz.widgets.timing import Throttle
+from camviz.widgets.view import DEFAULT_UNIT_ORDER, ErrorFrame, Frame, Stats, ViewModel, ViewState
 
-__all__ = ["Browser", "ExportBar", "browse"]
+__all__ = ["Browser", "browse"]
 
-_EXPORT_FORMATS = [("PNG", "png"), ("SVG", "svg"), ("PDF", "pdf"),
-                   ("PNG composite (no browser)", "composite")]
 _ROW = dict(flex_flow="row wrap", align_items="center")
-
-
-def _tagged(widget: W.Widget, css: str) -> Any:
-    widget.add_class(css)
-    return widget
-
-
-class ExportBar(W.HBox):
-    """Name, format and Save button; ``save(path, format)`` does the saving.
-
-    Example:
-        >>> bar = ExportBar(lambda path, format: path)
-        >>> bar.name.value = "out/view"; bar.button.click(); bar.status.value
-        'saved out/view.png'
-    """
-
-    def __init__(self, save: Callable[[Path, str], Path]) -> None:
-        self.save = save
-        self.name = _tagged(W.Text(value="camviz-view", description="save as"),
-                            "camviz-export-name")
-        self.format = _tagged(W.Dropdown(options=_EXPORT_FORMATS, value="png"),
-                              "camviz-export-format")
-        self.button = _tagged(W.Button(description="Save", icon="download"),
-                              "camviz-export-btn")
-        self.status = _tagged(W.HTML(value=""), "camviz-export-status")
-        self.button.on_click(lambda _b: self._clicked())
-        super().__init__([self.name, self.format, self.button, self.status],
-                         layout=W.Layout(**_ROW))
-
-    def _clicked(self) -> None:
-        fmt = self.format.value
-        target = Path(self.name.value.strip() or "camviz-view")
-        if not target.suffix:
-            target = target.with_suffix(".png" if fmt == "composite" else f".{fmt}")
-        self.status.value = "saving..."
-        try:
-            out = self.save(target, fmt)
-        except CamvizError as err:
-            self.status.value = f'<span style="color:#b00020">{html.escape(str(err))}</span>'
-            return
-        self.status.value = f"saved {html.escape(str(out))}"
+#: Seconds between two redraws while a slider is dragged (about ten a second).
+DRAG_INTERVAL = 0.1
 
 
 class Browser(W.VBox):
     """Interactive class activation maps of ``images`` under ``net`` (see the package doc).
 
     ``images``: file paths, a folder, PIL images, arrays, or a tensor (B, 3, H, W) already
-    preprocessed. ``stats``/``dataset``: the :class:`~camviz.scan.UnitStats` of a scan and the
+    preprocessed; ``labels``: the names they are listed under (default: file names, else
+    "image i"). ``view``: "whole" (the default: each map over the whole photo, its shorter side
+    resized as the model's transform does) or "crop" (the transform's centre crop, as the model
+    was trained). ``stats``/``dataset``: the :class:`~camviz.scan.UnitStats` of a scan and the
     dataset scanned, for unit masks at dataset thresholds (quantile ``level``, None: the scan's
-    own) and the units' top images. ``k``: top classes listed; ``units``: unit tiles shown. The
-    network runs once per image, when the image is first shown; ``forward_passes`` counts them.
-    The results of the ``keep`` images shown last are kept.
+    own) and the units' top images. ``k``: top classes listed; ``units``: unit tiles shown,
+    ranked by ``unit_order`` ("contribution" on this image by default, or "weight"). The network
+    runs once per image, when the image is first shown; ``forward_passes`` counts them. The
+    results of the ``keep`` images shown last are kept.
 
     Example:
         >>> import torch
@@ -107,39 +73,44 @@ class Browser(W.VBox):
 
     def __init__(
         self, net: GapNet, images: Any, stats: Stats | None = None, *, dataset: Any = None,
-        k: int = 5, units: int = 6, unit_order: str = "weight",
-        threshold: float = PAPER_THRESHOLD, opacity: float = 0.5, cmap: str = "jet",
-        show_box: bool = True, show_mask: bool = True, level: float | None = None,
-        gallery: int = 6, size: int = 460, keep: int = 128,
+        labels: Sequence[str] | None = None, k: int = 5, units: int = 6,
+        unit_order: str = DEFAULT_UNIT_ORDER, threshold: float = PAPER_THRESHOLD,
+        opacity: float = 0.5, cmap: str = "jet", show_box: bool = True, show_mask: bool = True,
+        level: float | None = None, gallery: int = 6, size: int = 480, keep: int = 128,
+        view: str = "whole",
     ) -> None:
         state = ViewState(threshold=float(threshold), opacity=float(opacity), cmap=cmap,
                           show_box=bool(show_box), show_mask=bool(show_mask),
                           unit_order=unit_order)
-        self.net, self.stats, self.dataset = net, stats, dataset
-        self.cache = ResultCache(net, images, keep=keep)
+        self.net, self.stats, self.dataset, self.size = net, stats, dataset, int(size)
+        self.cache = ResultCache(net, images, keep=keep, labels=labels, view=view)
         self.view = ViewModel(self.cache, stats, dataset=dataset, k=k, units=units,
                               gallery=gallery, level=level, state=state)
         self.last_redraw_ms = 0.0
         self._busy = False
         self._make_controls(state)
-        self.map_figure = MapFigure(size, cmap=cmap, opacity=float(opacity))
+        self.map_figure = MapFigure(self.size, cmap=cmap, opacity=float(opacity))
         self.figure = self.map_figure.widget
         self.unit_panel = UnitPanel(units, self.select_unit, order=unit_order)
         self.unit_order = self.unit_panel.order
         self.unit_header, self.unit_cards = self.unit_panel.header, self.unit_panel.cards
         self.unit_detail, self.unit_gallery = self.unit_panel.detail, self.unit_panel.gallery
-        bar = ExportBar(self.save)
-        self.export_name, self.export_format = bar.name, bar.format
-        self.export_button, self.export_status = bar.button, bar.status
+        self.exports = Exports(self.view, size=self.size)
+        self.export = ExportBar(lambda path, fmt: self._settled().job(path, fmt))
+        self.export_name, self.export_format = self.export.name, self.export.format
+        self.export_button, self.export_status = self.export.button, self.export.status
+        # the main view never shrinks, whatever the unit panel holds; the panel takes the rest
+        main = tagged(W.VBox([self.figure, self.status], layout=W.Layout(
+            flex="0 0 auto", width=f"{self.size + 4}px")), "camviz-main")
         super().__init__([
-            W.HBox([self.image_picker, self.class_picker, self.class_search],
-                   layout=W.Layout(**_ROW)),
+            W.HBox([self.image_picker, self.class_picker, self.finder],
+                   layout=W.Layout(flex_flow="row wrap", align_items="flex-start")),
             W.HBox([self.threshold, self.opacity, self.cmap, self.show_box, self.show_mask],
                    layout=W.Layout(**_ROW)),
             self.error,
-            W.HBox([W.VBox([self.figure, self.status]), self.unit_panel],
-                   layout=W.Layout(align_items="flex-start")),
-            bar,
+            W.HBox([main, self.unit_panel], layout=W.Layout(
+                flex_flow="row wrap", align_items="flex-start", width="100%")),
+            self.export,
         ])
         self.add_class("camviz-browser")
         self._wire()
@@ -149,41 +120,46 @@ class Browser(W.VBox):
 
     def _make_controls(self, s: ViewState) -> None:
         labels = self.cache.labels
-        self.image_picker = _tagged(W.Dropdown(options=[(lab, i) for i, lab in enumerate(labels)],
-                                               value=0, description="image"), "camviz-image")
-        self.class_picker = _tagged(W.Dropdown(options=[], description="class"), "camviz-class")
-        self.class_search = _tagged(
-            W.Combobox(options=self.view.classes, placeholder="any class by name",
-                       ensure_option=True, description="find"), "camviz-class-search")
-        self.threshold = _tagged(W.FloatSlider(value=s.threshold, min=0.0, max=1.0, step=0.01,
-                                               readout_format=".2f", description="threshold"),
-                                 "camviz-threshold")
-        self.opacity = _tagged(W.FloatSlider(value=s.opacity, min=0.0, max=1.0, step=0.01,
-                                             readout_format=".2f", description="opacity"),
-                               "camviz-opacity")
-        self.cmap = _tagged(W.Dropdown(options=list(COLORMAPS), value=s.cmap,
-                                       description="colours"), "camviz-cmap")
-        self.show_box = _tagged(W.Checkbox(value=s.show_box, description="box", indent=False),
-                                "camviz-box")
-        self.show_mask = _tagged(W.Checkbox(value=s.show_mask, description="mask",
-                                            indent=False), "camviz-mask")
-        self.error = _tagged(W.HTML(value="", layout=W.Layout(display="none")), "camviz-error")
-        self.status = _tagged(W.HTML(value=""), "camviz-status")
+        self.image_picker = tagged(W.Dropdown(options=[(lab, i) for i, lab in enumerate(labels)],
+                                              value=0, description="image"), "camviz-image")
+        self.class_picker = tagged(W.Dropdown(options=[], description="class"), "camviz-class")
+        self.finder = ClassFinder(self.view.classes, lambda c: self._update(cls=c))
+        self.class_search = self.finder.box
+        slider = dict(min=0.0, max=1.0, step=0.01, readout_format=".2f")
+        self.threshold = tagged(W.FloatSlider(value=s.threshold, description="threshold",
+                                              **slider), "camviz-threshold")
+        self.opacity = tagged(W.FloatSlider(value=s.opacity, description="opacity", **slider),
+                              "camviz-opacity")
+        self.cmap = tagged(W.Dropdown(options=list(COLORMAPS), value=s.cmap,
+                                      description="colours"), "camviz-cmap")
+        self.show_box = tagged(W.Checkbox(value=s.show_box, description="box", indent=False),
+                               "camviz-box")
+        self.show_mask = tagged(W.Checkbox(value=s.show_mask, description="mask", indent=False),
+                                "camviz-mask")
+        self.error = tagged(W.HTML(value="", layout=W.Layout(display="none")), "camviz-error")
+        self.status = tagged(W.HTML(value=""), "camviz-status")
 
     def _wire(self) -> None:
-        """Each control sets one field of the view state."""
+        """Each control sets one field of the view state (sliders through a throttle)."""
+        self.drags = {name: Throttle(lambda v, name=name: self._update(**{name: float(v)}),
+                                     DRAG_INTERVAL) for name in ("threshold", "opacity")}
+        self.threshold.observe(lambda c: self.drags["threshold"](c["new"]), "value")
+        self.opacity.observe(lambda c: self.drags["opacity"](c["new"]), "value")
         for widget, name, cast in (
-            (self.image_picker, "image", int), (self.threshold, "threshold", float),
-            (self.opacity, "opacity", float), (self.cmap, "cmap", str),
+            (self.image_picker, "image", int), (self.cmap, "cmap", str),
             (self.show_box, "show_box", bool), (self.show_mask, "show_mask", bool),
             (self.unit_order, "unit_order", str),
         ):
             widget.observe(lambda c, name=name, cast=cast: self._update(**{name: cast(c["new"])}),
                            "value")
-        self.class_picker.observe(
-            lambda c: c["new"] is not None and self._update(cls=int(c["new"])), "value")
-        self.class_search.observe(
-            lambda c: c["new"] in self.view.classes and self._update(cls=c["new"]), "value")
+        self.class_picker.observe(lambda c: self._picked(c["new"]), "value")
+
+    def _picked(self, cls: int | None) -> None:
+        """The class dropdown changed (by the user: a redraw sets it while busy)."""
+        if cls is None or self._busy:
+            return
+        self.finder.clear()
+        self._update(cls=int(cls))
 
     # ---------------------------------------------------------------- public state
 
@@ -212,7 +188,15 @@ class Browser(W.VBox):
     @property
     def state(self) -> dict[str, Any]:
         """Everything the view shows, as plain values (also in the figure's layout.meta)."""
+        self._settled()
         return {**self.view.frame.values(), "error": self.error.value or None}
+
+    def _settled(self) -> Exports:
+        """Draw a slider value the throttle still holds, so that what is read or saved is what
+        the sliders say; the exports."""
+        for drag in self.drags.values():
+            drag.flush()
+        return self.exports
 
     def select_class(self, cls: int | str) -> None:
         """Show the map of class ``cls`` (index or name), in or out of the top-k.
@@ -223,7 +207,8 @@ class Browser(W.VBox):
         self._update(cls=self.view.class_of(cls))
 
     def select_unit(self, unit: int | None) -> None:
-        """Select unit ``unit`` (any id): its details, and its top dataset images with stats.
+        """Show unit ``unit`` (any id) on the main view, with its details and, with stats, its
+        top dataset images; None shows the class map again.
 
         Example:
             >>> browser.select_unit(browser.state["units"][0])  # doctest: +SKIP
@@ -247,7 +232,11 @@ class Browser(W.VBox):
 
     def _show(self, frame: Frame | ErrorFrame) -> None:
         if isinstance(frame, ErrorFrame):
-            self._show_error(frame)
+            self.error.value = (f'<div style="color:#b00020;border:1px solid #b00020;'
+                                f'padding:4px">{html.escape(frame.message)}</div>')
+            self.error.layout.display = None
+            self.class_picker.options = []
+            self._set_enabled(False)
         else:
             self._set_enabled(True)
             options = list(frame.class_options)
@@ -256,17 +245,10 @@ class Browser(W.VBox):
             self.class_picker.value = frame.state.cls
         self.map_figure.show(frame)
         self.unit_panel.show(frame)
-        self.status.value = (
-            f'<span style="font-size:11px;color:#666">{self.cache.forward_passes} forward '
-            f"pass(es) for {self.cache.shown} image(s) shown; class, threshold and unit "
-            "changes reuse the cached pass</span>")
-
-    def _show_error(self, frame: ErrorFrame) -> None:
-        self.error.value = (f'<div style="color:#b00020;border:1px solid #b00020;padding:4px">'
-                            f"{html.escape(frame.message)}</div>")
-        self.error.layout.display = None
-        self.class_picker.options = []
-        self._set_enabled(False)
+        self.status.value = "" if isinstance(frame, ErrorFrame) else (
+            f'<div style="font-size:11px;color:#666;line-height:1.3">'
+            f"{self.cache.forward_passes} forward pass(es) for {self.cache.shown} image(s) "
+            "shown; class, threshold and unit changes reuse the cached pass</div>")
 
     def _set_enabled(self, on: bool) -> None:
         if on and self.error.value:
@@ -279,12 +261,20 @@ class Browser(W.VBox):
     # ---------------------------------------------------------------- export
 
     def to_figure(self) -> go.Figure:
-        """A static copy of the main view (a plotly Figure), e.g. for ``write_image``.
+        """A static plotly copy of the main view, drawn from the view model's frame.
 
         Example:
             >>> browser.to_figure().write_html("view.html")  # doctest: +SKIP
         """
-        return go.Figure(self.figure.to_dict())
+        return self._settled().to_figure()
+
+    def paper_figure(self) -> Any:
+        """The current view as a paper figure (:func:`camviz.figures.view`, matplotlib).
+
+        Example:
+            >>> camviz.figures.save(browser.paper_figure(), "view.pdf")  # doctest: +SKIP
+        """
+        return self._settled().paper_figure()
 
     def composite(self, units: bool = True) -> Image.Image:
         """The current view (and the unit tiles) as a PIL image, built without any browser.
@@ -292,32 +282,18 @@ class Browser(W.VBox):
         Example:
             >>> browser.composite().save("view.png")  # doctest: +SKIP
         """
-        frame = self.view.frame
-        if not isinstance(frame, Frame):
-            raise CamvizError("nothing to export: the current image failed to load")
-        s, tiles = frame.state, (frame.units if units else ())
-        return compose_view(frame.image, frame.cam01, threshold=s.threshold, opacity=s.opacity,
-                            cmap=s.cmap, show_mask=s.show_mask, show_box=s.show_box,
-                            title=frame.caption, tiles=[t.tile for t in tiles],
-                            tile_labels=[f"u{t.unit}" for t in tiles])
+        return self._settled().composite(units)
 
-    def save(self, path: str | os.PathLike[str], format: str | None = None,
+    def save(self, path: str | os.PathLike[str], format: str | None = None, dpi: float = 300.0,
              scale: float = 2.0) -> Path:
-        """Save the current view: "png", "svg", "pdf" (plotly + kaleido, needs a Chromium) or
-        "composite" (a PNG made with PIL, no browser). ``format`` defaults to the suffix.
+        """Save the current view and return the path (see :class:`~camviz.widgets.saving.
+        Exports`): the paper figure as PDF, SVG or PNG by the suffix, or ``format``
+        "composite" (PIL) or "plotly" (kaleido, needs a Chromium).
 
         Example:
             >>> browser.save("out/view.svg")  # doctest: +SKIP
         """
-        p = Path(path)
-        fmt = (format or p.suffix.lstrip(".") or "png").lower()
-        if fmt == "composite":
-            return save_image(self.composite(), p if p.suffix else p.with_suffix(".png"))
-        if isinstance(self.view.frame, ErrorFrame):
-            raise CamvizError("nothing to export: the current image failed to load")
-        if not p.suffix:
-            p = p.with_suffix(f".{fmt}")
-        return write_figure(self.to_figure(), p, format=fmt, scale=scale)
+        return self._settled().job(Path(path), format, dpi=dpi, scale=scale)()
 
 
 def browse(net: GapNet | str, images: Any, stats: Stats | None = None,
@@ -326,7 +302,7 @@ def browse(net: GapNet | str, images: Any, stats: Stats | None = None,
 
     Example:
         >>> import camviz
-        >>> camviz.browse("demo", ["a.png", "b.png"])  # doctest: +SKIP
+        >>> camviz.browse("demo", ["a.png", "b.png"], labels=["A", "B"])  # doctest: +SKIP
     """
     if isinstance(net, str):
         net = load_model(net)

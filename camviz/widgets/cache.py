@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,11 @@ from PIL import Image
 
 from camviz.errors import CamvizError
 from camviz.gapnet import GapNet
-from camviz.images import list_images
+from camviz.images import VIEWS, list_images
 from camviz.result import CamResult
-from camviz.widgets.drawing import TILE, data_uri
+from camviz.widgets.drawing import TILE, data_uri, torch_threads
 
-__all__ = ["IMAGE_FAILURES", "ImageResult", "ResultCache", "as_items", "label_of"]
+__all__ = ["IMAGE_FAILURES", "ImageResult", "ResultCache", "as_items", "label_of", "labels_of"]
 
 #: Failures of one image that the browser shows instead of raising (a bad file, a bad array,
 #: an input the network cannot take).
@@ -60,6 +61,35 @@ def label_of(item: Any, i: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return Path(item).name or str(item)
     return f"image {i}"
+
+
+def labels_of(items: Sequence[Any], labels: Sequence[str] | None = None) -> list[str]:
+    """The names images are listed under: ``labels`` when given (one per image), else each
+    path's file name (with its folders where two files share a name) or ``image i``.
+
+    Example:
+        >>> labels_of(["a/cat.jpg", "b/cat.jpg", "dog.png", None])
+        ['a/cat.jpg', 'b/cat.jpg', 'dog.png', 'image 3']
+    """
+    if labels is not None:
+        names = [str(lab) for lab in labels]
+        if len(names) != len(items):
+            raise CamvizError(f"labels= names {len(names)} images, but {len(items)} were given: "
+                              "give one label per image")
+        return names
+    names = [label_of(it, i) for i, it in enumerate(items)]
+    for name in {n for n in names if names.count(n) > 1}:
+        same = [i for i, n in enumerate(names) if n == name]
+        parts = [Path(items[i]).parts if isinstance(items[i], (str, os.PathLike)) else ()
+                 for i in same]
+        depth = 1
+        while depth < max(len(p) for p in parts) and len(
+                {p[-depth - 1:] for p in parts}) < len(parts):
+            depth += 1
+        for i, p in zip(same, parts, strict=True):
+            if p:
+                names[i] = "/".join(p[-depth - 1:])
+    return names
 
 
 def as_items(images: Any) -> list[Any]:
@@ -98,7 +128,10 @@ class ResultCache:
     The results (or the errors: an image that failed is not run again while it is kept) of the
     ``keep`` images asked for last are kept; each holds its input and features (about 1 MB for
     resnet50 at 224 x 224). An image asked for again after it was dropped runs once more.
-    ``forward_passes`` counts the passes, ``last_forward_ms`` times the last one.
+    ``forward_passes`` counts the passes, ``last_forward_ms`` times the last one. ``labels``:
+    the names the images are listed under (see :func:`labels_of`). ``view``: "whole" (the
+    whole photo, ``GapNet.run(view="whole")``) or "crop" (the model's transform as it is); a
+    float tensor (already preprocessed) is run as it is.
 
     Example:
         >>> from torch import nn
@@ -107,9 +140,14 @@ class ResultCache:
         (8, 8, 3)
     """
 
-    def __init__(self, net: GapNet, images: Any, keep: int = 128) -> None:
-        self.net = net
+    def __init__(self, net: GapNet, images: Any, keep: int = 128,
+                 labels: Sequence[str] | None = None, view: str = "whole") -> None:
+        if view not in VIEWS:
+            raise CamvizError(f"view must be 'whole' (the whole photo) or 'crop' (the model's "
+                              f"centre crop), not {view!r}")
+        self.net, self.view = net, view
         self.items = as_items(images)
+        self.labels = labels_of(self.items, labels)
         self.keep = max(1, int(keep))
         self.forward_passes = 0
         self.last_forward_ms = 0.0
@@ -127,11 +165,6 @@ class ResultCache:
     def shown(self) -> int:
         """How many distinct images were asked for."""
         return len(self._shown)
-
-    @property
-    def labels(self) -> list[str]:
-        """The name of each image (see :func:`label_of`)."""
-        return [label_of(it, i) for i, it in enumerate(self.items)]
 
     def get(self, i: int) -> ImageResult | Exception:
         """The result of image ``i`` (running the network if it is not kept), or its error."""
@@ -153,12 +186,14 @@ class ResultCache:
 
     def _run(self, item: Any) -> ImageResult:
         t0 = time.perf_counter()
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, torch.Tensor) and item.is_floating_point():  # preprocessed
             res = self.net.run(item if item.ndim == 4 else item[None])
         else:
-            res = self.net.run([item])
+            res = self.net.run([item], view=self.view)
         self.forward_passes += 1
         self.last_forward_ms = (time.perf_counter() - t0) * 1e3
-        image = res.images()[0]
+        with torch_threads(1):  # one small image: intra-op threads cost more than they give
+            image = res.images()[0]
+            probs = res.probs[0]
         return ImageResult(res=res, image=image, source=data_uri(image), thumb=_thumb(image),
-                           probs=res.probs[0])
+                           probs=probs)

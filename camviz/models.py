@@ -98,12 +98,21 @@ def load_model(
     ``classes=`` names them). Offline with no cached weights raises
     :class:`WeightsUnavailable`.
 
+    The model comes in eval mode (camviz built it, so nothing of the caller's is changed):
+    ``net.model(x)`` gives what ``net.run(x)`` gives.
+
     Example:
         >>> load_model("resnet5O")
         Traceback (most recent call last):
         ...
         camviz.errors.UnknownModel: unknown model 'resnet5O'. Did you mean resnet50, ...
     """
+    net = _load(name, weights, device, **kwargs)
+    net.model.eval()
+    return net
+
+
+def _load(name: str, weights: Any, device: str | torch.device, **kwargs: Any) -> GapNet:
     loader = model_loader(name)
     if loader is not None:
         return loader(weights=weights, device=device, **kwargs)

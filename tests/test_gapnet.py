@@ -309,3 +309,11 @@ def test_with_head_shares_the_trunk_and_stays_exact(name: str) -> None:
     assert len(shared) == len(list(net.model.parameters())) - 2  # all but the old weight, bias
     with pytest.raises(camviz.CamvizError, match="nn.Linear of"):
         net.with_head(nn.Linear(5, 3))
+
+
+def test_load_model_gives_the_model_in_eval_mode():
+    net = camviz.load_model("resnet18", weights=None, device="cpu")
+    assert not any(m.training for m in net.model.modules())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(net.model(x), net.run(x).logits, rtol=1e-4, atol=1e-4)

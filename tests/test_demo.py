@@ -183,8 +183,15 @@ def test_bundled_model_loads_offline_and_is_a_gap_net(name, pool):
     assert net.transform.output_size == (128, 128)
     res = net.run([render_sample("test", 0).image])
     assert min(res.features.shape[-2:]) >= 14  # the paper needs a map of at least 14 x 14
-    sizes = [p.stat().st_size for p in weights_path().parent.iterdir()]
-    assert sum(sizes) < 5 * 2**20
+    # each bundled family stays under 5 MB: the GAP/GMP twins, and the FC baseline with its
+    # GAP conversion (issue 14)
+    folder = weights_path().parent
+    twins = [folder / n for n in ("demo_gap.pt", "demo_gmp.pt", "demo.json")]
+    converted = [folder / n for n in ("demo_fc.safetensors", "demo_fc_gap.safetensors",
+                                      "demo_fc.json")]
+    assert sum(p.stat().st_size for p in twins) < 5 * 2**20
+    assert sum(p.stat().st_size for p in converted) < 5 * 2**20
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in twins + converted)
 
 
 @pytest.mark.parametrize("name,min_acc", [("demo", MIN_ACC_GAP), ("demo-gmp", MIN_ACC_GMP)])

@@ -392,9 +392,10 @@ def _check(arr: dict[str, np.ndarray], info: dict[str, Any]) -> None:
         _finite(a, key) if kind == "f" else None
         if kind == "i" and ((a < 0).any() or a.sum() > n):
             raise _Invalid(f"{key!r} counts more images than the {n} scanned")
+    top_meta = _arr(arr, "top.meta", "i", (3,))
     items = info.get("meta", {}).get("items")
     if not isinstance(items, int) or isinstance(items, bool) or items < n:
-        items = max(n, int(np.asarray(arr.get("top.meta", [0, 0, 0]))[-1]))
+        items = max(n, int(top_meta[-1]))
     _check_top(arr, units, items)
     if ("weight" in arr) != ("bias" in arr):
         raise _Invalid("a head weight without a bias, or the reverse")

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 import camviz
+
+# `make test` explores the same examples on every run (a property test that found a new
+# counterexample on one run in five would make CI flaky); HYPOTHESIS_PROFILE=hunt explores
+# new random examples, many of them, to look for bugs.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("hunt", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

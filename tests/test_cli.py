@@ -223,3 +223,18 @@ def test_cli_with_a_torchvision_model(tmp_path, rgb_image) -> None:
     assert crop["region"] == [24, 15, 235, 225]
     for x0, y0, x1, y1 in crop["boxes"]:
         assert 24 <= x0 <= x1 < 235 and 15 <= y0 <= y1 < 225
+
+
+def test_import_camviz_and_the_scan_and_eval_commands_stay_light():
+    import subprocess
+    import sys
+
+    heavy = ("ipywidgets", "plotly", "numba", "matplotlib", "camviz.demo.train", "camviz.widgets")
+    code = (
+        "import sys, camviz, camviz.cli, camviz.cli.evaluate, camviz.cli.units\n"
+        "camviz.cli.build_parser()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

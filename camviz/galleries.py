@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from camviz.gapnet import GapNet
 
 __all__ = ["OUTLINE_COLOR", "caption", "show_mask", "units_on_image", "masked_top_images",
-           "unit_gallery", "class_gallery"]
+           "run_items", "unit_gallery", "class_gallery"]
 
 OUTLINE_COLOR = (255, 255, 0)
 
@@ -110,6 +110,21 @@ def caption(panel: Image.Image, text: str, height: int = 16) -> Image.Image:
     return out
 
 
+def run_items(net: GapNet, dataset: Any, indices: Sequence[int]) -> CamResult:
+    """One pass of ``net`` over the dataset items at ``indices`` (items as ``camviz.scan``
+    takes them), collated with the network's transform.
+
+    Example:
+        >>> from torch import nn
+        >>> from camviz.gapnet import GapNet
+        >>> net = GapNet(nn.Conv2d(3, 2, 1), nn.Linear(2, 2), device="cpu")
+        >>> len(run_items(net, [torch.rand(3, 8, 8) for _ in range(3)], [2, 0]))
+        2
+    """
+    batch = collate([dataset[int(i)] for i in indices], getattr(net, "transform", None))
+    return net.run(batch["image"].to(net.device))
+
+
 def masked_top_images(
     net: GapNet, dataset: Any, stats: UnitStats, unit: int, idx: torch.Tensor,
     level: float | None = None,
@@ -127,9 +142,7 @@ def masked_top_images(
         >>> [t.shape for t in masked_top_images(net, data, st, 0, torch.tensor([2, 0]))]
         [(8, 8, 3), (8, 8, 3)]
     """
-    items = [dataset[int(i)] for i in idx.tolist()]
-    x = collate(items, getattr(net, "transform", None))["image"]
-    res = net.run(x.to(net.device))
+    res = run_items(net, dataset, idx.tolist())
     masks = unit_masks(res, stats, [unit], level=level)[:, 0]
     imgs = res.images()
     return [show_mask(imgs[i], masks[i]) for i in range(len(imgs))]

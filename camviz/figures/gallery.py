@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from camviz.datasets import collate
 from camviz.errors import CamvizError
 from camviz.figures.sizes import DEFAULT_CMAP
 from camviz.figures.style import (
@@ -36,6 +35,7 @@ from camviz.figures.style import (
     styled,
     text_height,
 )
+from camviz.galleries import run_items
 from camviz.units import class_index, unit_masks
 from camviz.units import class_units as units_by_weight
 
@@ -64,12 +64,6 @@ def rank_units(net: Any, stats: Any, c: int, k: int, order: str) -> tuple[list[i
     ids = contrib.topk(min(int(k), contrib.numel())).indices.tolist()
     weight = net.head_weight[c]
     return ids, [float(weight[u]) for u in ids]
-
-
-def _run_items(net: Any, dataset: Any, indices: list[int]) -> Any:
-    """One pass over dataset items ``indices`` (items as ``camviz.scan`` takes them)."""
-    batch = collate([dataset[i] for i in indices], getattr(net, "transform", None))
-    return net.run(batch["image"].to(net.device))
 
 
 def _row_text(unit: int, w: float, dissection: Any) -> str:
@@ -129,7 +123,7 @@ def class_units(
     ids, weights = rank_units(net, stats, c, units, order)
     tops = [stats.top_images(u, images) for u in ids]
     flat = [int(i) for idx, _ in tops for i in idx.tolist()]
-    res = _run_items(net, dataset, flat)
+    res = run_items(net, dataset, flat)
     shown = res.images()
     cols = max(len(idx) for idx, _ in tops)
     fig, axes = panel_grid(width, len(ids), cols, title_lines=0, left=0.85,

@@ -8,7 +8,8 @@ No ipywidgets and no plotly. Unit masks follow one rule everywhere (tiles, main 
 Example:
     >>> import torch
     >>> from camviz.result import CamResult
-    >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+    >>> f = torch.rand(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    >>> res = CamResult(torch.zeros(1, 2), f, torch.zeros(2, 3),
     ...                 torch.zeros(2), "avg", ["a", "b"], inputs=torch.zeros(1, 3, 4, 4))
     >>> map01, m, mark = unit_map(res, 1, None, 0.5)
     >>> map01.shape, m.shape, 0.0 <= mark <= 1.0
@@ -25,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from camviz.datasets import collate
 from camviz.errors import CamvizError
-from camviz.galleries import show_mask
+from camviz.galleries import run_items, show_mask
 from camviz.localize import mask as _mask
 from camviz.maps import min_max
 from camviz.render import grid, overlay
@@ -87,7 +87,8 @@ def unit_tiles(
 
     Example:
         >>> from camviz.result import CamResult
-        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+        >>> f = torch.rand(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+        >>> res = CamResult(torch.zeros(1, 2), f, torch.zeros(2, 3),
         ...                 torch.zeros(2), "avg", ["a", "b"])
         >>> tile, m = unit_tiles(res, torch.tensor([1]), np.zeros((4, 4, 3), np.uint8),
         ...                      "jet", None, 0.5)[0]
@@ -112,7 +113,8 @@ def tile_pictures(res: Any, ids: torch.Tensor, thumb: np.ndarray, cmap: str) -> 
 
     Example:
         >>> from camviz.result import CamResult
-        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+        >>> f = torch.rand(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+        >>> res = CamResult(torch.zeros(1, 2), f, torch.zeros(2, 3),
         ...                 torch.zeros(2), "avg", ["a", "b"])
         >>> tile_pictures(res, torch.tensor([0, 2]), np.zeros((4, 6, 3), np.uint8), "jet").up.shape
         torch.Size([2, 4, 6])
@@ -130,7 +132,8 @@ def outlined(res: Any, ids: torch.Tensor, pics: Pictures, thresholds: torch.Tens
 
     Example:
         >>> from camviz.result import CamResult
-        >>> res = CamResult(torch.zeros(1, 2), torch.rand(1, 3, 2, 2), torch.zeros(2, 3),
+        >>> f = torch.rand(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+        >>> res = CamResult(torch.zeros(1, 2), f, torch.zeros(2, 3),
         ...                 torch.zeros(2), "avg", ["a", "b"])
         >>> ids = torch.tensor([1])
         >>> pics = tile_pictures(res, ids, np.zeros((4, 4, 3), np.uint8), "jet")
@@ -235,9 +238,7 @@ def top_image_panel(net: Any, dataset: Any, stats: Any, unit: int, n: int,
         raise CamvizError(
             f"dataset= has {len(dataset)} images but the statistics were scanned on {scanned}: "
             "give the dataset that was scanned (the scan kept indices, not pixels)")
-    items = [dataset[int(i)] for i in idx.tolist()]
-    x = collate(items, getattr(net, "transform", None))["image"]
-    res = net.run(x.to(net.device))
+    res = run_items(net, dataset, idx.tolist())
     got = res.unit_maps([int(unit)]).amax(dim=(2, 3))[:, 0].cpu()
     want = val.detach().to("cpu", got.dtype)
     off = (got - want).abs() > 0.02 * want.abs().clamp_min(1e-6) + 1e-6

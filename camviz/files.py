@@ -14,14 +14,16 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["TMP_PREFIX", "atomic_open", "write_bytes", "write_text", "save_image",
-           "remove_stale_temps"]
+           "remove_stale_temps", "writable_cache", "store_in_cache"]
 
 #: Prefix of every temporary file camviz writes (``.camviz-tmp-<pid>-<random>-<name>``).
 TMP_PREFIX = ".camviz-tmp-"
@@ -95,6 +97,58 @@ def save_image(image: Any, path: str | os.PathLike[str], format: str | None = No
     with atomic_open(p, "wb") as fh:
         image.save(fh, format=fmt)
     return p
+
+
+def writable_cache(folder: str | os.PathLike[str], what: str) -> Path | None:
+    """``folder``, created if needed, when a file can be written in it; else None with a
+    warning. A cache only saves time: a folder that cannot be written (a path under a file, a
+    read-only disk) must not stop or lose the work it would have cached.
+
+    Example:
+        >>> import tempfile, warnings
+        >>> d = Path(tempfile.mkdtemp())
+        >>> writable_cache(d / "scans", "scan") == d / "scans"
+        True
+        >>> (d / "f").write_text("")
+        0
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     writable_cache(d / "f" / "scans", "scan"), "without a cache" in str(seen[0].message)
+        (None, True)
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=TMP_PREFIX):
+            pass
+    except OSError as err:
+        _cache_warning(what, path, err)
+        return None
+    return path
+
+
+def store_in_cache(write: Callable[[Path], object], target: Path, what: str) -> bool:
+    """Run ``write(target)``; a failure to write (a full disk, a folder made read-only since)
+    is a warning, not an error: the result is in hand and only the cache entry is missing.
+
+    Example:
+        >>> import tempfile
+        >>> t = Path(tempfile.mkdtemp()) / "x.bin"
+        >>> store_in_cache(lambda p: write_bytes(p, b"1"), t, "scan"), t.read_bytes()
+        (True, b'1')
+    """
+    try:
+        write(target)
+    except OSError as err:
+        _cache_warning(what, target.parent, err)
+        return False
+    return True
+
+
+def _cache_warning(what: str, folder: Path, err: OSError) -> None:
+    warnings.warn(f"cannot write the {what} cache in {folder} ({err.strerror or err}); "
+                  "going on without a cache (set CAMVIZ_CACHE to a writable folder, or turn "
+                  "the cache off)", RuntimeWarning, stacklevel=3)
 
 
 def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None,

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset, Subset
 
 from camviz.datasets import SkipBad, read_rows
 from camviz.errors import CamvizError, DatasetError, HeadError
-from camviz.files import write_bytes
+from camviz.files import store_in_cache, writable_cache, write_bytes
 from camviz.gapnet import GapNet, trunk_fingerprint
 from camviz.headfile import read_head
 from camviz.linearfit import DEFAULT_L2, LOSSES, LinearFit, check_labels, fit_linear
@@ -144,9 +144,11 @@ def _data_key(dataset: Any) -> str:
 
 
 def _cache_file(net: GapNet, dataset: Any, cache: bool | str | os.PathLike[str],
-                autocast: str | None) -> Path:
+                autocast: str | None) -> Path | None:
+    folder = writable_cache(features_cache_dir() if cache is True else Path(cache), "feature")
+    if folder is None:
+        return None
     key = json.dumps([_FORMAT, trunk_fingerprint(net), _data_key(dataset), net.pool, autocast])
-    folder = features_cache_dir() if cache is True else Path(cache)
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
@@ -200,7 +202,7 @@ def pool_features(
                            f"{failed[0] if failed else None})")
     out = Pooled(torch.cat(feats).clone(), torch.cat(labels), dataset_classes(dataset), failed)
     if target is not None:
-        _save_pooled(out, target)
+        store_in_cache(lambda t: _save_pooled(out, t), target, "feature")
     return out
 
 

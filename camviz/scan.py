@@ -60,7 +60,7 @@ from camviz.distributed import (
 )
 from camviz.distributed import shard as shard_of
 from camviz.errors import CamvizError, DatasetError
-from camviz.files import remove_stale_temps
+from camviz.files import remove_stale_temps, store_in_cache, writable_cache
 from camviz.fingerprints import dataset_fingerprint, model_fingerprint
 from camviz.gapnet import trunk_fingerprint
 from camviz.result import CamResult
@@ -308,15 +308,16 @@ def scan(
         raise CamvizError(f"batch_size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     rank, size = world(distributed)
+    folder = _cache_folder(cache)
     # an in-memory dataset's fingerprint reads every item: only when a cache key needs it
-    keyed = bool(cache) or checkpoint is not None
+    keyed = folder is not None or checkpoint is not None
     ids = share(lambda: {"model": model_fingerprint(net), "trunk": trunk_fingerprint(net),
                          "dataset": dataset_fingerprint(dataset, read_items=keyed)},
                 "camviz scan")
     settings = {"top_n": top_n, "resolution": resolution, "autocast": autocast}
     key = hashlib.sha256(json.dumps([FORMAT, ids["model"], ids["dataset"], *settings.values()])
                          .encode()).hexdigest()[:24]
-    target = (scan_cache_dir() if cache is True else Path(cache)) / f"{key}.npz" if cache else None
+    target = folder / f"{key}.npz" if folder is not None else None
     if target is not None:
         cached = _cached(target, net.device, rank, size)
         if cached is not None:
@@ -347,10 +348,20 @@ def scan(
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with together("camviz scan: writing"):
         if target is not None and rank == 0:
-            stats.save(target)
+            store_in_cache(stats.save, target, "scan")
     if ckpt is not None:
         ckpt.remove()
     return stats
+
+
+def _cache_folder(cache: bool | str | os.PathLike[str]) -> Path | None:
+    """The folder cached scans go to, or None: no cache, or one that cannot be written (then
+    a warning, and the scan goes on; every rank follows rank 0's answer)."""
+    if not cache:
+        return None
+    folder = scan_cache_dir() if cache is True else Path(cache)
+    usable = share(lambda: writable_cache(folder, "scan") is not None, "camviz scan: the cache")
+    return folder if usable else None
 
 
 def _cached(target: Path, device: Any, rank: int, size: int) -> UnitStats | None:

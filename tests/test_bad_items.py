@@ -254,3 +254,68 @@ def test_a_damaged_cache_entry_is_recomputed(tiny_net, damage):
         again = scan(tiny_net, data, progress=False)
     assert _arrays_equal(again, first)
     assert _arrays_equal(camviz.UnitStats.load(entry), first)  # replaced by a good one
+
+
+# ------------------------------------------------------- item 14: an unwritable cache folder
+def _unwritable_cache(tmp_path, monkeypatch) -> Path:
+    """CAMVIZ_CACHE under a file: no folder can be made there (root writes into read-only
+    folders, so a file in the way is what blocks for sure)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CAMVIZ_CACHE", str(blocker / "cache"))
+    return blocker
+
+
+def test_an_unwritable_scan_cache_warns_and_the_scan_goes_on(tiny_net, tmp_path, monkeypatch):
+    data = [(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 5)
+            for i in range(8)]
+    fresh = scan(tiny_net, data, cache=False, progress=False)
+    blocker = _unwritable_cache(tmp_path, monkeypatch)
+    with pytest.warns(RuntimeWarning, match=r"cannot write the scan cache in .*a-file/cache/scans"
+                      r" \(Not a directory\); going on without a cache"):
+        got = scan(tiny_net, data, progress=False)
+    assert _arrays_equal(got, fresh)
+    assert blocker.read_text() == ""
+
+
+def test_a_cache_write_that_fails_late_keeps_the_result(tiny_net, monkeypatch):
+    """The folder was fine at the start, the write fails (a full disk): the statistics are
+    returned and nothing is left in the cache folder."""
+    data = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    fresh = scan(tiny_net, data, cache=False, progress=False)
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(camviz.UnitStats, "save", full)
+    with pytest.warns(RuntimeWarning, match="No space left on device"):
+        got = scan(tiny_net, data, progress=False)
+    assert _arrays_equal(got, fresh)
+    assert list(scan_cache_dir().iterdir()) == []
+
+
+def test_an_unwritable_feature_cache_warns_and_the_fit_goes_on(tiny_net, tmp_path, monkeypatch):
+    from camviz.heads import pool_features
+
+    data = [(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2)
+            for i in range(6)]
+    fresh = pool_features(tiny_net, data, cache=False, progress=False)
+    _unwritable_cache(tmp_path, monkeypatch)
+    with pytest.warns(RuntimeWarning, match="cannot write the feature cache in .*a-file"):
+        got = pool_features(tiny_net, data, progress=False)
+    assert torch.equal(got.features, fresh.features)
+    assert got.labels.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_the_cli_says_so_in_one_line_and_writes_its_output(tmp_path, monkeypatch, capsys):
+    from camviz.cli import main
+
+    _unwritable_cache(tmp_path, monkeypatch)
+    out = tmp_path / "out" / "stats.npz"
+    assert main(["scan", "--model", "demo", "--data", str(_fixture(tmp_path, 4)),
+                 "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"camviz: warning: cannot write the scan cache in {tmp_path}/a-file/cache/"
+                   "scans (Not a directory); going on without a cache (set CAMVIZ_CACHE to a "
+                   "writable folder, or turn the cache off)"]
+    assert camviz.UnitStats.load(out).num_images == 4

@@ -21,6 +21,7 @@ import argparse
 import importlib
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 from camviz.errors import CamvizError
@@ -61,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a scheduler's stop) unwinds like an interrupt, so partial files are removed
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return int(args.func(args) or 0)
     except CamvizError as err:
         print(f"camviz: error: {err}", file=sys.stderr)
         return 2
@@ -70,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A warning as one line on stderr, like the errors (not the source line it came from)."""
+    print(f"camviz: warning: {message}", file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: object) -> None:

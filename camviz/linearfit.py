@@ -26,8 +26,8 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camviz.errors import CamvizError, DatasetError
+from camviz.hooks import torch_threads
 
 __all__ = ["DEFAULT_L2", "LOSSES", "LinearFit", "check_labels", "fit_linear"]
 
@@ -252,20 +253,9 @@ def fit_linear(
 SMALL_FIT = 1 << 22
 
 
-@contextmanager
-def _threads_for(x: Tensor, num_classes: int) -> Iterator[None]:
-    """One intra-op thread for a small fit on the CPU, then the caller's count again: L-BFGS
-    on a few hundred vectors is thousands of tiny products, where threads cost more than they
-    give (an SVM head on 800 x 128 features, the demo's novel classes at 200 images each, took
-    14 s with 2 threads and 1.8 s with one on a busy 2-core machine). Large fits keep every
-    thread. The count is process-wide while the block runs, as in the widgets' redraws."""
-    before = torch.get_num_threads()
+def _threads_for(x: Tensor, num_classes: int) -> AbstractContextManager[None]:
+    """One intra-op thread for a small fit on the CPU: L-BFGS on a few hundred vectors is
+    thousands of tiny products (see :func:`camviz.hooks.torch_threads`). Large fits keep every
+    thread."""
     small = x.device.type == "cpu" and x.shape[0] * x.shape[1] * num_classes < SMALL_FIT
-    if not small or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1) if small else nullcontext()

@@ -29,9 +29,10 @@ from PIL import Image
 
 from camviz.errors import CamvizError
 from camviz.gapnet import GapNet
+from camviz.hooks import torch_threads
 from camviz.images import VIEWS, list_images
 from camviz.result import CamResult
-from camviz.widgets.drawing import TILE, data_uri, torch_threads
+from camviz.widgets.drawing import TILE, data_uri
 
 __all__ = ["IMAGE_FAILURES", "ImageResult", "ResultCache", "as_items", "label_of", "labels_of"]
 

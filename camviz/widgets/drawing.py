@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from skimage.measure import find_contours
 from camviz.render import colormap_lut
 
 __all__ = ["TILE", "DISPLAY_CELLS", "colorscale", "mask_outline", "box_path", "display_map",
-           "torch_threads", "png", "jpeg", "data_uri"]
+           "png", "jpeg", "data_uri"]
 
 #: Side of a unit tile (and of the thumbnail the tiles are drawn on), in pixels.
 TILE = 96
@@ -107,30 +106,6 @@ def display_map(cam01: np.ndarray, cells: int = DISPLAY_CELLS) -> tuple[np.ndarr
     t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
     z = F.avg_pool2d(t, kernel_size=s, stride=s, ceil_mode=True)[0, 0]
     return z.numpy(), s
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch's CPU ops with ``n`` intra-op threads inside the block, then restore.
-
-    Redraws work on one image's small tensors (a 224 x 224 map, K x 7 x 7 features), where
-    intra-op threads cost more than they give: on a busy 2-core machine a 224 x 224 ``amax``
-    took 8 ms with 2 threads and 5 us with one. Forward passes keep all threads.
-
-    Example:
-        >>> with torch_threads(1):
-        ...     torch.get_num_threads()
-        1
-    """
-    before = torch.get_num_threads()
-    if n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def png(arr: np.ndarray) -> bytes:

@@ -44,13 +44,14 @@ import numpy as np
 import torch
 
 from camviz.errors import CamvizError
+from camviz.hooks import torch_threads
 from camviz.localize import PAPER_THRESHOLD
 from camviz.localize import boxes as _boxes
 from camviz.localize import mask as _mask
 from camviz.render import COLORMAPS
 from camviz.unitstats import check_match
 from camviz.widgets.cache import ImageResult, ResultCache
-from camviz.widgets.drawing import display_map, mask_outline, torch_threads
+from camviz.widgets.drawing import display_map, mask_outline
 from camviz.widgets.tiles import (
     GALLERY_FAILURES,
     UnitDetail,

@@ -355,9 +355,10 @@ def trunk_fingerprint(net: GapNet) -> str:
         >>> trunk_fingerprint(net) == trunk_fingerprint(net.with_head(nn.Linear(4, 3)))
         True
     """
-    version = state_version(net.model)
+    # the preprocessing and pooling are attributes a user may set: part of the cache's key
+    version = (state_version(net.model), net.pool, repr(net.transform))
     cached = _TRUNKS.get(net)
-    if cached is None or version is None or cached[0] != version:
+    if cached is None or version[0] is None or cached[0] != version:
         extra = (net.adapter.site, net.adapter.post, net.pool, net.transform)
         cached = (version, module_fingerprint(net.model, skip=net.adapter.head, extra=extra))
         _TRUNKS[net] = cached

@@ -94,8 +94,9 @@ _EVAL_USERS: weakref.WeakKeyDictionary[nn.Module, list[Any]] = weakref.WeakKeyDi
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run the block with every submodule of ``model`` in eval mode, then restore each one's
-    own mode, also on error. Nested and concurrent blocks (threads) on one model share the
-    switch: the modes come back when the last block ends.
+    own mode, also on error. Nested and concurrent blocks (threads) share the switch of each
+    module, also of one that two models share (a new head on the same trunk): a module's mode
+    comes back when the last block using it ends.
 
     Example:
         >>> m = nn.Sequential(nn.BatchNorm1d(2)).train()
@@ -105,22 +106,23 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         (False, True)
     """
     with _EVAL_LOCK:
-        entry = _EVAL_USERS.get(model)
-        if entry is None:
-            modes = [m for m in model.modules() if m.training]
-            for m in modes:
+        mods = list(model.modules())
+        for m in mods:  # per module: two models may share one (a new head on the same trunk)
+            entry = _EVAL_USERS.get(m)
+            if entry is None:
+                entry = _EVAL_USERS[m] = [0, m.training]
                 m.training = False
-            entry = _EVAL_USERS[model] = [0, modes]
-        entry[0] += 1
+            entry[0] += 1
     try:
         yield
     finally:
         with _EVAL_LOCK:
-            entry[0] -= 1
-            if entry[0] == 0:
-                for m in entry[1]:
-                    m.training = True
-                del _EVAL_USERS[model]
+            for m in mods:
+                entry = _EVAL_USERS[m]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    m.training = entry[1]
+                    del _EVAL_USERS[m]
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -183,10 +183,12 @@ class UnitStats:
             >>> a.merge(b).num_images
             0
         """
-        if other.num_units != self.num_units or other.classes != self.classes:
-            raise CamvizError(
-                "cannot merge UnitStats of different networks (units or classes differ)"
-            )
+        mine, theirs = self.meta.get("trunk"), other.meta.get("trunk")
+        if other.num_units != self.num_units or other.classes != self.classes or (
+                mine is not None and theirs is not None and mine != theirs):
+            raise CamvizError("cannot merge UnitStats of different networks (units, classes or "
+                              f"trunk fingerprints {mine} / {theirs} differ): scan every shard "
+                              "with the same network")
         dev = self.pooled_sum.device
         self.quantiles.merge(other.quantiles)
         self.top.merge(other.top)
@@ -197,6 +199,8 @@ class UnitStats:
             self.weight, self.bias = other.weight, other.bias
         if self.feature_size == (0, 0):
             self.feature_size, self.input_size = other.feature_size, other.input_size
+        if mine is None and theirs is not None:
+            self.meta["trunk"] = theirs
         return self
 
     def to(self, device: str | torch.device) -> UnitStats:

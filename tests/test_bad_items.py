@@ -319,3 +319,32 @@ def test_the_cli_says_so_in_one_line_and_writes_its_output(tmp_path, monkeypatch
                    "scans (Not a directory); going on without a cache (set CAMVIZ_CACHE to a "
                    "writable folder, or turn the cache off)"]
     assert camviz.UnitStats.load(out).num_images == 4
+
+
+def test_a_new_transform_is_a_new_trunk_fingerprint(tiny_net):
+    """The fingerprint is cached per GapNet: setting another preprocessing must not return
+    the old one (statistics and pooled features of the old preprocessing would pass as fresh)."""
+    from camviz.images import Preprocess
+
+    old = trunk_fingerprint(tiny_net)
+    keep = tiny_net.transform
+    try:
+        tiny_net.transform = Preprocess(resize=40, crop=32)
+        assert trunk_fingerprint(tiny_net) != old
+    finally:
+        tiny_net.transform = keep
+    assert trunk_fingerprint(tiny_net) == old
+
+
+def test_statistics_of_two_networks_do_not_merge(tiny_net):
+    data = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    a = scan(tiny_net, data[:2], cache=False, progress=False)
+    torch.manual_seed(1)
+    twin = camviz.GapNet(nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU()),
+                         nn.Linear(12, 5), device="cpu", classes=tiny_net.classes)
+    b = scan(twin, data[2:], cache=False, progress=False)
+    with pytest.raises(CamvizError, match=r"cannot merge UnitStats of different networks \(units, "
+                                          r"classes or trunk fingerprints [0-9a-f]+ / [0-9a-f]+"):
+        a.merge(b)
+    same = scan(tiny_net, data[2:], cache=False, progress=False)
+    assert a.merge(same).num_images == 4

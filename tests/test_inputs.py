@@ -110,3 +110,49 @@ def test_images_of_different_sizes_cannot_share_a_batch(tiny_net):
     net = camviz.GapNet(tiny_net.model.features, tiny_net.model.head, device="cpu")
     with pytest.raises(camviz.ImageError, match="different sizes"):
         net.run([np.zeros((20, 20, 3), np.uint8), np.zeros((24, 20, 3), np.uint8)])
+
+
+def test_two_models_sharing_a_trunk_keep_it_in_eval_mode_until_both_are_done():
+    """A new head on the same trunk (GapNet.with_head) is another root module over the same
+    submodules: one pass ending must not put the shared BatchNorm back into training mode
+    while the other's pass still runs (it would update the running statistics)."""
+    from camviz.hooks import eval_mode
+
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    a, b = nn.Sequential(trunk, nn.Flatten()).train(), nn.Sequential(trunk, nn.ReLU()).train()
+    first, second = eval_mode(a), eval_mode(b)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not trunk[1].training  # b's pass is still running
+    assert a[1].training  # a's own module is a's again
+    second.__exit__(None, None, None)
+    assert all(m.training for m in (*a.modules(), *b.modules()))
+
+
+def test_threads_on_a_net_and_its_new_head_in_training_mode_change_nothing():
+    model = tvm.resnet18(num_classes=4)
+    net = camviz.GapNet.from_model(model, device="cpu", probe_size=32)
+    other = net.with_head(nn.Linear(512, 3))
+    xs = [torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    nets = [net, other, net, other]
+    expected = [n.run(x).logits for n, x in zip(nets, xs)]
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(10):
+                torch.testing.assert_close(nets[i].run(xs[i]).logits, expected[i], rtol=0, atol=0)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -418,6 +418,35 @@ def test_every_one_model_command_takes_head():
         assert parser.parse_args([*argv, "--head", "h.safetensors"]).head == "h.safetensors"
 
 
+def test_figure_compare_and_curves_take_a_head_per_model(tmp_path, capsys):
+    """``--head`` belongs to the ``--model`` before it: the same network before and after a
+    new head, one row (or curve) each (the compare figure's 'before and after a new head')."""
+    torch.manual_seed(0)
+    demo = camviz.load_model("demo", device="cpu")
+    head = tmp_path / "mine.safetensors"
+    names = [f"novel{i}" for i in range(9)]  # 9 classes: the fixture's labels stay in range
+    demo.with_head(nn.Linear(128, 9), classes=names).save_head(head)
+    image = str(FIXTURE / "images" / sorted(p.name for p in (FIXTURE / "images").iterdir())[0])
+    out = tmp_path / "cmp.svg"
+    assert main(["figure", "compare", "--model", "demo", "--model", "demo", "--head", str(head),
+                 image, "--device", "cpu", "--out", str(out)]) == 0
+    svg = out.read_text()
+    assert "demo + mine" in svg and any(c in svg for c in names)
+    assert any(c in svg for c in demo.classes)  # the first row is the demo's own head
+    out = tmp_path / "curves.svg"
+    assert main(["figure", "curves", "--model", "demo", "--head", str(head), "--model", "demo",
+                 "--data", str(FIXTURE), "--limit", "4", "--no-progress", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    svg = out.read_text()
+    assert svg.index("demo + mine") < svg.rindex("demo ")  # both curves, the head's first
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error: exit code 2
+        main(["figure", "compare", "--head", str(head), "--model", "demo", image,
+              "--out", str(tmp_path / "x.svg")])
+    assert stop.value.code == 2
+    assert "--head FILE goes after the --model it belongs to" in capsys.readouterr().err
+
+
 def test_every_one_model_command_loads_the_head_it_is_given(tmp_path, monkeypatch, capsys):
     import camviz.cli.common
 

@@ -8,6 +8,7 @@ Example:
     $ camviz figure top-classes photo.jpg --model resnet50 --out top5.pdf
     $ camviz figure units --model demo --data demo:test:200 --cls cart --out cart.pdf
     $ camviz figure compare --model demo --model demo-gmp a.png b.png --out gap-gmp.pdf
+    $ camviz figure compare --model demo --model demo --head novel.safetensors a.png --out h.pdf
     $ camviz figure localization --model demo --data demo:test:200 --n 8 --out loc.pdf
     $ camviz figure curves --model demo --model demo-gmp --data demo:test:200 --out curves.pdf
 """
@@ -15,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from camviz import figures  # light: the figure functions load matplotlib on first use
@@ -24,6 +26,7 @@ from camviz.datasets import resolve_metadata as resolve_eval_data
 from camviz.dissect import dissect
 from camviz.errors import CamvizError
 from camviz.evaluate import evaluate
+from camviz.heads import load_head
 from camviz.images import list_images
 from camviz.models import load_model
 from camviz.scan import scan
@@ -39,9 +42,23 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"colour map (default {figures.DEFAULT_CMAP}; jet as in the paper)")
 
 
+class _HeadOfLastModel(argparse.Action):
+    """``--head FILE`` belongs to the ``--model`` given just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any,
+                 option_string: str | None = None) -> None:
+        models = getattr(ns, "model", None) or []
+        if not models:
+            parser.error("--head FILE goes after the --model it belongs to")
+        ns.heads = {**(getattr(ns, "heads", None) or {}), len(models) - 1: value}
+
+
 def _models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", required=True,
                    help="a model name; give --model twice or more")
+    p.add_argument("--head", action=_HeadOfLastModel, metavar="FILE", dest="head_of",
+                   help="a head file (camviz fit-head) for the --model just before it, e.g. "
+                        "--model demo --model demo --head novel.safetensors")
     p.add_argument("--weights", default="DEFAULT", type=weights_arg,
                    help="weights name, DEFAULT, or none for random weights (all models)")
     p.add_argument("--device", default="auto")
@@ -157,10 +174,19 @@ def cmd_units(args: argparse.Namespace) -> int:
 
 
 def _load_all(args: argparse.Namespace) -> dict[str, Any]:
-    nets: dict[str, Any] = {}
-    for name in args.model:
-        if name not in nets:
-            nets[name] = load_model(name, weights=args.weights, device=args.device)
+    """The networks of every ``--model`` (with its ``--head``), by row label; one given twice
+    with the same head is one row."""
+    heads, bases, nets, seen = getattr(args, "heads", None) or {}, {}, {}, set()
+    for i, name in enumerate(args.model):
+        head = heads.get(i)
+        if (name, head) in seen:
+            continue
+        seen.add((name, head))
+        if name not in bases:
+            bases[name] = load_model(name, weights=args.weights, device=args.device)
+        label = name if head is None else f"{name} + {Path(head).stem}"
+        label = label if label not in nets else f"{label} ({i + 1})"
+        nets[label] = load_head(bases[name], head) if head else bases[name]
     return nets
 
 

@@ -319,6 +319,7 @@ def _folder(root: Path, classes: dict[str, int]) -> Path:
 
 def test_cli_fit_head_on_an_image_folder_then_run_with_it(tmp_path, capsys):
     data = _folder(tmp_path / "data", {"red": 6, "green": 6, "blue": 6})
+    (data / "README.txt").write_text("not an image: ignored, as torchvision's ImageFolder does")
     out = tmp_path / "h.safetensors"
     assert main(["fit-head", "--model", "demo", "--device", "cpu", "--data", str(data),
                  "--out", str(out), "--no-progress", "--no-cache", "--l2", "1e-2", "1e-3"]) == 0
@@ -349,6 +350,9 @@ def test_cli_fit_head_errors_in_one_line(tmp_path, capsys):
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.new("RGB", (8, 8)).save(loose / "a.png")
+    assert main(args + [str(loose)]) == 2
+    assert "has no labels" in capsys.readouterr().err
+    _folder(loose, {"red": 3, "green": 3})  # class folders beside a loose image: no class
     assert main(args + [str(loose)]) == 2
     assert "has no labels" in capsys.readouterr().err
     assert not (tmp_path / "h.safetensors").exists()

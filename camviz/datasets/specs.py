@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from camviz.datasets.folders import ImageFolder, PartsFolder, image_files
 from camviz.datasets.wsol import WsolDataset, WsolMetadata
 from camviz.errors import DatasetError
+from camviz.images import IMAGE_SUFFIXES
 
 __all__ = ["DEFAULT_N", "DEMO_KINDS", "parse_spec", "demo_split", "resolve_data",
            "resolve_metadata", "NEEDS"]
@@ -142,6 +143,8 @@ def resolve_data(spec: str, transform: Any = None, need: str | None = None) -> D
 
 
 def _has_class_folders(folder: Path) -> bool:
+    """Sub-folders and no image beside them (a README or .DS_Store there is ignored, as
+    torchvision's ImageFolder ignores it; a loose image would belong to no class)."""
     subs = [d for d in folder.iterdir() if d.is_dir()]
-    loose = [f for f in folder.iterdir() if f.is_file()]
+    loose = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     return bool(subs) and not loose

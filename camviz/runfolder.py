@@ -192,13 +192,20 @@ class RunLog:
 
 def list_inputs(inputs: Sequence[str | os.PathLike[str]], out: Path) -> list[Path]:
     """The image files of ``inputs`` (files and folders), leaving out everything under the
-    output folder ``out`` (so an ``--out`` inside an input folder never feeds a rerun).
+    output folder ``out`` (so an ``--out`` inside an input folder never feeds a rerun); an
+    input given that lies inside ``out`` is refused (all of it would be left out).
 
     Example:
-        >>> list_inputs([], Path("out"))
-        []
+        >>> list_inputs(["out/in"], Path("out"))
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: the input out/in is inside the output folder out; give ...
     """
     skip = out.resolve()
+    for raw in inputs:
+        if Path(raw).resolve().is_relative_to(skip):
+            raise CamvizError(f"the input {raw} is inside the output folder {out}; give "
+                              "another --out")
     return [p for p in list_images(inputs)
             if not p.resolve().is_relative_to(skip)]
 

@@ -81,10 +81,10 @@ def run_images(
         raise CamvizError(f"topk and batch_size must be at least 1, got {topk} and {batch_size}")
     if view not in ("whole", "crop"):
         raise CamvizError(f"view must be 'whole' or 'crop', got {view!r}")
+    paths = list_inputs(inputs, Path(out))  # before anything is written
     out_dir = prepare_out(out)
     bind_folder(out_dir, run_config(net, topk=topk, alpha=alpha, cmap=cmap, view=view))
     log = RunLog(out_dir / RESULTS)
-    paths = list_inputs(inputs, out_dir)
     todo = [p for p in paths if not log.done(source_of(p), retry_errors)]
     counts = {"done": 0, "skipped": len(paths) - len(todo), "failed": 0}
     bar = tqdm(total=len(todo), desc="camviz run", unit="img", disable=not progress)

@@ -238,3 +238,28 @@ def test_import_camviz_and_the_scan_and_eval_commands_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def _demo_run(inputs, out, *extra):
+    return main(["run", *map(str, inputs), "--model", "demo", "--device", "cpu", "--topk", "2",
+                 "--no-progress", "--out", str(out), *extra])
+
+
+def _files_in(folder):
+    return sorted(p.relative_to(folder.parent).as_posix() for p in folder.rglob("*")
+                  if p.is_file())
+
+
+def test_an_input_inside_the_output_folder_is_refused_before_any_work(tmp_path, capsys) -> None:
+    from camviz.demo import write_demo_images
+
+    out = tmp_path / "out"
+    (src,) = write_demo_images(out / "in", n=1)
+    for given in (out / "in", src, out):
+        assert _demo_run([given], out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"camviz: error: the input {given} is inside the output folder {out}; "
+                       "give another --out")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["in",
+                                                                              f"in/{src.name}"]
+

@@ -12,10 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,9 +146,12 @@ def prepare_out(out: str | os.PathLike[str]) -> Path:
 class RunLog:
     """``OUT/results.jsonl``: one JSON record per image, appended as images finish.
 
-    A line cut short by a crash is removed before appending (its image is redone); the record
-    of an input counts as done only while the file is unchanged (same path, size and mtime);
-    the last record of a path wins.
+    A line cut short by a crash is removed before appending (its image is redone); a damaged
+    line (not JSON, not UTF-8, no source) is dropped with a warning and its image redone; the
+    record of an input counts as done only while the file is unchanged (same path, size and
+    mtime). A new record of a path supersedes the old one: :meth:`compact` (at the start and
+    the end of a run) removes the old record's files that the new one does not have and
+    rewrites the log with one record per path.
 
     Example:
         >>> import tempfile
@@ -158,14 +163,24 @@ class RunLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last: dict[str, dict[str, Any]] = {}
+        self.superseded: list[dict[str, Any]] = []
+        self.damaged = 0
         if path.is_file():
             self._repair()
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_bytes().split(b"\n"):
+                if not line.strip():
+                    continue
                 try:
-                    rec = json.loads(line)
-                    self.last[rec["source"]["path"]] = rec
+                    rec = json.loads(line.decode("utf-8"))
+                    self._keep(rec, rec["source"]["path"])
                 except (ValueError, KeyError, TypeError):
-                    continue  # a record of an older format or a damaged line: that image is redone
+                    self.damaged += 1  # not UTF-8, not JSON, or no source: that image is redone
+
+    def _keep(self, rec: dict[str, Any], key: str) -> None:
+        old = self.last.pop(key, None)  # popped: the new record takes the end of the order
+        if old is not None:
+            self.superseded.append(old)
+        self.last[key] = rec
 
     def _repair(self) -> None:
         data = self.path.read_bytes()
@@ -182,23 +197,59 @@ class RunLog:
         return rec.get("status") == "ok" or (rec.get("status") == "error" and not retry_errors)
 
     def append(self, rec: dict[str, Any]) -> None:
-        """Add one record (one line, flushed and synced)."""
+        """Add one record (one line, flushed and synced); it supersedes an older one of its path."""
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        self.last[rec["source"]["path"]] = rec
+        self._keep(rec, rec["source"]["path"])
+
+    def compact(self) -> None:
+        """Leave the folder and the log holding only the standing records: remove the files
+        of superseded records that no standing record has (and their folder once empty), then
+        rewrite the log atomically without superseded or damaged lines. Files go first, so a
+        run killed in between finds the superseded records again and finishes the job."""
+        if not self.superseded and not self.damaged:
+            return
+        out = self.path.parent.resolve()
+        keep = {f for rec in self.last.values() for f in _files(rec)}
+        for rec in self.superseded:
+            for f in _files(rec) - keep:
+                target = (out / f).resolve()
+                if not target.is_relative_to(out) or target.parent == out:
+                    continue  # only an image's own folder in OUT, never OUT's own files
+                target.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the folder stays while anything is in it
+                    target.parent.rmdir()
+        if self.damaged:
+            warnings.warn(f"{self.path}: dropped {self.damaged} damaged line(s); their images "
+                          "are redone", RuntimeWarning, stacklevel=2)
+        write_text(self.path, "".join(json.dumps(rec) + "\n" for rec in self.last.values()))
+        self.superseded, self.damaged = [], 0
+
+
+def _files(rec: dict[str, Any]) -> set[str]:
+    """The files (relative to OUT) a record says it wrote."""
+    files = rec.get("overlays") if isinstance(rec.get("overlays"), list) else []
+    return {f for f in [*files, rec.get("panel")] if isinstance(f, str) and f}
 
 
 def list_inputs(inputs: Sequence[str | os.PathLike[str]], out: Path) -> list[Path]:
     """The image files of ``inputs`` (files and folders), leaving out everything under the
-    output folder ``out`` (so an ``--out`` inside an input folder never feeds a rerun).
+    output folder ``out`` (so an ``--out`` inside an input folder never feeds a rerun); an
+    input given that lies inside ``out`` is refused (all of it would be left out).
 
     Example:
-        >>> list_inputs([], Path("out"))
-        []
+        >>> list_inputs(["out/in"], Path("out"))
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: the input out/in is inside the output folder out; give ...
     """
     skip = out.resolve()
+    for raw in inputs:
+        if Path(raw).resolve().is_relative_to(skip):
+            raise CamvizError(f"the input {raw} is inside the output folder {out}; give "
+                              "another --out")
     return [p for p in list_images(inputs)
             if not p.resolve().is_relative_to(skip)]
 

@@ -2,7 +2,8 @@
 
 For each image: overlays of its top-k class maps (PNG, plus one panel) and one JSON Lines record
 in ``OUT/results.jsonl``. A bad file is recorded as an error and skipped; a rerun skips finished
-images; nothing is written outside ``OUT``; every file is written atomically.
+images and redoes edited ones (their old record and files go); nothing is written outside
+``OUT``; every file is written atomically.
 
 The folder's bookkeeping (what it is bound to, what is done) is :mod:`camviz.runfolder`.
 
@@ -81,10 +82,11 @@ def run_images(
         raise CamvizError(f"topk and batch_size must be at least 1, got {topk} and {batch_size}")
     if view not in ("whole", "crop"):
         raise CamvizError(f"view must be 'whole' or 'crop', got {view!r}")
+    paths = list_inputs(inputs, Path(out))  # before anything is written
     out_dir = prepare_out(out)
     bind_folder(out_dir, run_config(net, topk=topk, alpha=alpha, cmap=cmap, view=view))
     log = RunLog(out_dir / RESULTS)
-    paths = list_inputs(inputs, out_dir)
+    log.compact()  # what a killed run superseded but had not cleaned up yet
     todo = [p for p in paths if not log.done(source_of(p), retry_errors)]
     counts = {"done": 0, "skipped": len(paths) - len(todo), "failed": 0}
     bar = tqdm(total=len(todo), desc="camviz run", unit="img", disable=not progress)
@@ -107,6 +109,7 @@ def run_images(
             counts["done"] += 1
             bar.update(1)
     bar.close()
+    log.compact()  # the records this run superseded: their lines and files go
     return counts
 
 

@@ -238,3 +238,89 @@ def test_import_camviz_and_the_scan_and_eval_commands_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def _demo_run(inputs, out, *extra):
+    return main(["run", *map(str, inputs), "--model", "demo", "--device", "cpu", "--topk", "2",
+                 "--no-progress", "--out", str(out), *extra])
+
+
+def _files_in(folder):
+    return sorted(p.relative_to(folder.parent).as_posix() for p in folder.rglob("*")
+                  if p.is_file())
+
+
+def test_an_edited_input_leaves_only_its_new_record_and_files(tmp_path) -> None:
+    import os
+    import shutil
+
+    from camviz.demo import write_demo_images
+
+    house, tree = write_demo_images(tmp_path / "world", n=2)  # the demo net tells them apart
+    src, out = tmp_path / "in" / "x.png", tmp_path / "out"
+    src.parent.mkdir()
+    shutil.copy(house, src)
+    assert _demo_run([src], out) == 0
+    (old,) = _records(out)
+    shutil.copy(tree, src)  # edited in place
+    os.utime(src, ns=(old["source"]["mtime_ns"] + 10**9,) * 2)
+    assert _demo_run([src], out) == 0
+    (new,) = _records(out)  # one record per image, the new one
+    assert new["source"]["size"] == src.stat().st_size
+    assert [t["name"] for t in new["top"]] != [t["name"] for t in old["top"]]
+    assert old["key"] == new["key"]
+    gone = set(old["overlays"]) - set(new["overlays"])
+    assert gone  # the old top-k wrote files the new one does not
+    assert _files_in(out / new["key"]) == sorted([*new["overlays"], new["panel"]])
+
+
+def test_a_run_killed_before_cleaning_up_a_superseded_record_finishes_it(tmp_path) -> None:
+    from camviz.demo import write_demo_images
+
+    (src,) = write_demo_images(tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    assert _demo_run([src], out) == 0
+    (rec,) = _records(out)
+    # what a kill between appending the new record and removing the old one's files leaves
+    stale = {**rec, "source": {**rec["source"], "size": 1}, "overlays": [
+        rec["overlays"][0], f"{rec['key']}/top2_3_d.png", "../outside.png", "results.jsonl"]}
+    (out / rec["key"] / "top2_3_d.png").write_bytes(b"old")
+    (tmp_path / "outside.png").write_bytes(b"not camviz's")
+    log = out / "results.jsonl"
+    log.write_text(json.dumps(stale) + "\n" + log.read_text())
+    assert _demo_run([src], out) == 0
+    assert _records(out) == [rec]
+    assert _files_in(out / rec["key"]) == sorted([*rec["overlays"], rec["panel"]])
+    assert (tmp_path / "outside.png").read_bytes() == b"not camviz's"  # only OUT's own files
+
+
+def test_an_input_inside_the_output_folder_is_refused_before_any_work(tmp_path, capsys) -> None:
+    from camviz.demo import write_demo_images
+
+    out = tmp_path / "out"
+    (src,) = write_demo_images(out / "in", n=1)
+    for given in (out / "in", src, out):
+        assert _demo_run([given], out) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"camviz: error: the input {given} is inside the output folder {out}; "
+                       "give another --out")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["in",
+                                                                              f"in/{src.name}"]
+
+
+def test_a_line_that_is_not_utf8_counts_as_damaged_and_its_image_is_redone(tmp_path,
+                                                                          capsys) -> None:
+    from camviz.demo import write_demo_images
+
+    paths = write_demo_images(tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    assert _demo_run(paths, out) == 0
+    first, second = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "results.jsonl").write_bytes(first[:20] + b"\xff\xfe" + first[22:] + second)
+    capsys.readouterr()
+    assert _demo_run(paths, out) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("1 done, 1 skipped")
+    assert "dropped 1 damaged line(s); their images are redone" in captured.err
+    recs = _records(out)  # readable again: every line UTF-8 JSON, one record per image
+    assert sorted(r["image"] for r in recs) == sorted(map(str, paths))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from camviz.datasets import SkipBad, collate, item_name
+from camviz.datasets import Prepared, SkipBad, collate, item_name
 from camviz.distributed import Heartbeat, merge_on_all, pack, shard, together, unpack, world
 from camviz.errors import DatasetError
 from camviz.units import class_units, threshold_masks
@@ -323,7 +323,7 @@ def dissect(
         t = _Tally(list(names), torch.zeros(k, len(names), dtype=torch.float64, device=dev),
                    torch.zeros(len(names), dtype=torch.float64, device=dev),
                    torch.zeros(k, dtype=torch.float64, device=dev))
-        safe = SkipBad(dataset, describe=partial(item_name, dataset))
+        safe = SkipBad(Prepared(dataset, net.transform), describe=partial(item_name, dataset))
         loader = DataLoader(Subset(safe, items), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers,
                             collate_fn=partial(_parts_batch, transform=net.transform))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.checkpoints import Checkpoint
-from camviz.datasets import SkipBad, WsolDataset, WsolMetadata, collate
+from camviz.datasets import Prepared, SkipBad, WsolDataset, WsolMetadata, collate
 from camviz.distributed import Heartbeat, merge_on_all, shard, share, together, world
 from camviz.errors import CamvizError, DatasetError
 from camviz.faithfulness import EvalFaithfulness
@@ -401,7 +401,7 @@ def _score_shard(net: GapNet, ds: WsolDataset, meta: WsolMetadata, idx: list[int
         hb.start(None)
         raise
     hb.start(-(-(len(idx) - done) // batch_size))
-    safe = SkipBad(_Labelled(ds, net.num_classes), describe=lambda i: meta[i].image_id)
+    safe = SkipBad(Prepared(_Labelled(ds, net.num_classes)), describe=lambda i: meta[i].image_id)
     loader = DataLoader(Subset(safe, idx[done:]), batch_size=batch_size, collate_fn=collate,
                         num_workers=num_workers)
     bar = _bar(progress, len(idx), done)

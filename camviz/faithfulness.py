@@ -67,6 +67,7 @@ from scipy import ndimage
 
 from camviz.errors import CamvizError
 from camviz.hooks import eval_mode
+from camviz.images import to_batch
 
 Tensor = torch.Tensor
 Baseline = float | str | Tensor | Callable[[Tensor], Tensor]
@@ -378,7 +379,7 @@ def _inputs(
     x = getattr(res_or_x, "inputs", res_or_x)
     if not isinstance(x, Tensor) or x.ndim != 4:
         raise CamvizError("give a CamResult of net.run or a (B, 3, H, W) input tensor")
-    x = x.to(net.device, torch.float32)
+    x = to_batch(x, getattr(net, "transform", None)).to(net.device)  # net.run's rules (uint8..)
     if classes is None:
         with torch.inference_mode():
             logits = getattr(res_or_x, "logits", None)

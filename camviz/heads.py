@@ -39,7 +39,7 @@ from safetensors.torch import save as st_save
 from torch import nn  # noqa: F401  (the examples)
 from torch.utils.data import Dataset, Subset
 
-from camviz.datasets import SkipBad, read_rows
+from camviz.datasets import Prepared, SkipBad, read_rows
 from camviz.errors import CamvizError, DatasetError, HeadError
 from camviz.files import store_in_cache, writable_cache, write_bytes
 from camviz.gapnet import GapNet, trunk_fingerprint
@@ -183,7 +183,8 @@ def pool_features(
             return _load_pooled(target, net.device)
         except CamvizError:
             pass  # a damaged cache entry is recomputed and replaced
-    loader = make_loader(SkipBad(dataset), getattr(net, "transform", None), batch_size,
+    transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone
+    loader = make_loader(SkipBad(Prepared(dataset, transform)), transform, batch_size,
                          num_workers, pin_memory=net.device.type == "cuda")
     feats, labels, failed = [], [], []
     from tqdm.auto import tqdm  # on use: tqdm.auto loads ipywidgets, and import camviz is light

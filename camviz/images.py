@@ -31,6 +31,8 @@ MAX_ASPECT = 5.0
 #: side of 256 would take gigabytes); 2**24 float RGB pixels are 192 MB.
 MAX_PIXELS = 2**24
 VIEWS = ("crop", "whole")
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+_ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")  # PIL reads
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -49,7 +51,8 @@ def to_rgb(img: Image.Image, exif: bool = True) -> Image.Image:
 
     Transparent pixels are composited on white; 16- and 32-bit images are scaled, not clipped.
     ``exif``: turn the image upright by its EXIF orientation tag (photos); False keeps the
-    stored frame (what box annotations and the WSOL reference use).
+    stored frame (what box annotations and the WSOL reference use), and drops the tag so that
+    no later reader (a transform, :func:`to_array`) turns it after all.
 
     Example:
         >>> to_rgb(Image.new("L", (4, 4))).mode
@@ -57,6 +60,10 @@ def to_rgb(img: Image.Image, exif: bool = True) -> Image.Image:
     """
     if exif:
         img = ImageOps.exif_transpose(img)
+    elif img.getexif().get(_ORIENTATION, 1) != 1:
+        img = img.copy()  # a copy reads its orientation from info only: drop it there
+        for key in _ORIENTATION_INFO:
+            img.info.pop(key, None)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0

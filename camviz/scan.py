@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.checkpoints import Checkpoint
-from camviz.datasets import SkipBad, as_item, collate, item_name
+from camviz.datasets import Prepared, SkipBad, as_item, collate, item_name
 from camviz.distributed import (
     Heartbeat,
     broadcast_bytes,
@@ -203,8 +203,9 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
     name = partial(item_name, dataset)
     todo = range(items.start + done, items.stop)
     hb.start(-(-len(todo) // batch_size))
-    loader = make_loader(Subset(SkipBad(_Numbered(dataset), describe=name), todo),
-                         getattr(net, "transform", None), batch_size, num_workers,
+    transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone
+    loader = make_loader(Subset(SkipBad(Prepared(_Numbered(dataset), transform), describe=name),
+                                todo), transform, batch_size, num_workers,
                          pin_memory=net.device.type == "cuda")
     bar = _bar(progress, len(items), done)
     c = len(stats.classes)

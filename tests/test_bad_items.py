@@ -1,7 +1,9 @@
-"""Issue 16, items 2, 3 and 11: scan caches keyed on every item and the preprocessing;
-statistics of another network refused; one bad item (an unreadable image or mask, a
-decompression bomb, a label out of range, all-empty masks, a damaged cache entry) is reported
-with its path and skipped, never the end of the job, and nothing else is lost or mixed."""
+"""Issue 16, items 2, 3, 5, 10 and 11: scan caches keyed on every item and the preprocessing;
+statistics of another network refused; uint8 tensor items are pixels (other dtypes refused); one
+bad item (an unreadable image or mask, a decompression bomb, an image the transform refuses, a
+tensor that is not an image, a label out of range, all-empty masks, a damaged cache entry) is
+reported with its path and skipped, never the end of the job, and nothing else is lost or
+mixed."""
 
 from __future__ import annotations
 
@@ -348,3 +350,76 @@ def test_statistics_of_two_networks_do_not_merge(tiny_net):
         a.merge(b)
     same = scan(tiny_net, data[2:], cache=False, progress=False)
     assert a.merge(same).num_images == 4
+
+
+# ------------------------------------------------- items 5 and 10: tensor items, one bad image
+
+
+def test_uint8_items_are_pixels_through_the_transform_in_scan_and_pool_features(tiny_net):
+    from camviz.heads import pool_features
+
+    rng = np.random.default_rng(3)
+    arrays = [(rng.random((40, 48, 3)) * 255).astype(np.uint8) for _ in range(6)]
+    pixels = [(torch.from_numpy(a).permute(2, 0, 1), i % 5) for i, a in enumerate(arrays)]
+    floats = [(tiny_net.transform(a), i % 5) for i, a in enumerate(arrays)]  # resized, normalised
+    a = scan(tiny_net, pixels, batch_size=4, cache=False, progress=False)
+    b = scan(tiny_net, floats, batch_size=4, cache=False, progress=False)
+    assert a.num_images == 6 and a.meta["failed"] == [] and a.input_size == (32, 32)
+    assert _arrays_equal(a, b)
+    pa = pool_features(tiny_net, pixels, cache=False, progress=False)
+    pb = pool_features(tiny_net, floats, cache=False, progress=False)
+    assert pa.failed == [] and torch.equal(pa.features, pb.features)
+
+
+def test_bool_int64_complex_and_nan_items_are_reported_and_skipped(tiny_net):
+    from camviz.heads import pool_features
+
+    g = torch.Generator().manual_seed(0)
+    nan = torch.rand(3, 32, 32, generator=g)
+    nan[1, 2, 3] = float("nan")
+    items = [(torch.rand(3, 32, 32, generator=g), i % 5) for i in range(7)]
+    bad = {1: torch.ones(3, 32, 32, dtype=torch.bool), 2: torch.ones(3, 32, 32).long(),
+           4: torch.ones(3, 32, 32, dtype=torch.complex64), 5: nan}
+    for i, x in bad.items():
+        items[i] = (x, 0)
+    good = [i for i in range(7) if i not in bad]
+    st = scan(tiny_net, items, batch_size=8, cache=False, progress=False)
+    failed = {name: why for name, why in st.meta["failed"]}
+    assert sorted(failed) == ["item 1", "item 2", "item 4", "item 5"]
+    for i, dtype in ((1, "torch.bool"), (2, "torch.int64"), (4, "torch.complex64")):
+        assert failed[f"item {i}"].startswith(f"a {dtype} tensor is not an image batch")
+    assert "NaN or infinity" in failed["item 5"]
+    ref = scan(tiny_net, [items[i] for i in good], batch_size=8, cache=False, progress=False)
+    assert st.num_images == 3 and torch.equal(st.label_count, ref.label_count)
+    p = pool_features(tiny_net, items, cache=False, progress=False)
+    assert sorted(i for i, _ in p.failed) == [1, 2, 4, 5]
+    p_ref = pool_features(tiny_net, [items[i] for i in good], cache=False, progress=False)
+    assert torch.equal(p.features, p_ref.features) and p.labels.tolist() == [0, 3, 1]
+
+
+def test_one_strip_too_long_to_resize_is_reported_and_the_rest_of_its_batch_kept(
+        tiny_net, tmp_path):
+    from camviz.heads import pool_features
+
+    root = tmp_path / "strip"
+    (root / "c").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = [(rng.random((32, 32, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(root / "c" / f"{i:02d}.png")
+    strip = root / "c" / "strip.png"  # sorted last: the good images keep indices 0..2
+    Image.new("RGB", (40000, 1)).save(strip)
+    assert strip.stat().st_size < 300  # a small file, a huge resize
+    tiny_net.transform = camviz.Preprocess(resize=32, crop=(32, 32))
+    bound = "an image of 40000x1 pixels would be resized to 1280000x32, over 16777216 pixels"
+    st = scan(tiny_net, ImageFolder(root), batch_size=4, cache=False, progress=False)
+    assert st.num_images == 3 and len(st.meta["failed"]) == 1
+    assert st.meta["failed"][0][0] == str(strip) and st.meta["failed"][0][1].startswith(bound)
+    ref = scan(tiny_net, Subset(ImageFolder(root), [0, 1, 2]), cache=False, progress=False)
+    assert torch.equal(st.top.indices, ref.top.indices) and _arrays_equal(st, ref)
+    listed = scan(tiny_net, [*arrays, np.zeros((1, 40000, 3), np.uint8)], batch_size=4,
+                  cache=False, progress=False)
+    assert listed.num_images == 3 and [f[0] for f in listed.meta["failed"]] == ["item 3"]
+    p = pool_features(tiny_net, ImageFolder(root), batch_size=4, cache=False, progress=False)
+    assert p.features.shape[0] == 3 and len(p.failed) == 1
+    assert p.failed[0][0] == 3 and p.failed[0][1].startswith(bound)

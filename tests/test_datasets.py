@@ -196,6 +196,35 @@ def test_a_bad_split_json_names_the_file(tmp_path):
         PartsFolder(tmp_path)
 
 
+
+def test_parts_folder_reads_images_in_the_frame_of_their_masks(tmp_path):
+    """An EXIF rotation turns the photo for people, not for the masks drawn on the stored
+    pixels: the item's image keeps the stored 60x20 frame through the transform (which would
+    turn a PIL image by its tag), and so does WsolDataset's, whose boxes are in that frame."""
+    from camviz.datasets import PartsFolder
+    from camviz.images import load_image
+
+    stored = np.zeros((20, 60, 3), np.uint8)
+    stored[:, :30] = 255  # the left half of the stored frame is white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    Image.fromarray(stored).save(tmp_path / "a.jpg", exif=exif, quality=100)
+    mask = np.zeros((20, 60), np.uint8)
+    mask[:, :30] = 255  # the part is that white half
+    _mask(tmp_path / "a_left.png", mask)
+    _write(tmp_path, image_ids="a.jpg\n", class_labels="a.jpg,0\n",
+           parts="a.jpg,left,a_left.png\n")
+    assert load_image(tmp_path / "a.jpg").size == (20, 60)  # upright for people
+    item = PartsFolder(tmp_path, transform=Preprocess(mean=(0, 0, 0), std=(1, 1, 1)))[0]
+    assert tuple(item["image"].shape) == (3, 20, 60)
+    assert item["parts"]["left"].shape == (20, 60)
+    white = item["image"].mean(0) > 0.5
+    assert (white == item["parts"]["left"]).float().mean() > 0.99  # the mask covers the part
+    (tmp_path / "localization.txt").write_text("a.jpg,0,0,30,20\n")  # the white half
+    prep = Preprocess(mean=(0, 0, 0), std=(1, 1, 1))
+    assert torch.equal(WsolDataset(WsolMetadata(tmp_path), transform=prep)[0]["image"],
+                       item["image"])
+
 @settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from(["image_ids", "class_labels", "image_sizes",
                                         "localization", "localization_masks"]),

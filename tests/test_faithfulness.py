@@ -493,6 +493,28 @@ def test_errors_say_what_to_do(vectors):
     assert no_gt.no_ground_truth == 1
 
 
+
+def test_uint8_inputs_are_pixels_and_other_dtypes_are_refused(tiny_net):
+    """The games read their input as net.run does: uint8 pixels through the transform (not as
+    a normalised tensor), bool / int64 / complex / NaN refused with what to do."""
+    rng = np.random.default_rng(2)
+    pixels = torch.from_numpy((rng.random((2, 32, 32, 3)) * 255).astype(np.uint8))
+    pixels = pixels.permute(0, 3, 1, 2)  # uint8 (2, 3, 32, 32)
+    x = tiny_net.prepare(pixels)  # normalised by the network's transform
+    assert not torch.allclose(x, pixels.float())
+    maps = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    got, want = fa.masked_probs(tiny_net, pixels, maps, 1), fa.masked_probs(tiny_net, x, maps, 1)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    curves = fa.deletion_insertion(tiny_net, pixels, maps, 1, steps=4)["deletion"]
+    assert torch.equal(curves.probs, fa.deletion_insertion(tiny_net, x, maps, 1, steps=4)[
+        "deletion"].probs)
+    for bad in (pixels.bool(), pixels.long(), pixels.to(torch.complex64)):
+        with pytest.raises(camviz.ImageError, match=f"^a {bad.dtype} tensor is not an image"):
+            fa.masked_probs(tiny_net, bad, maps, 1)
+    x[1, 0, 3, 3] = float("nan")
+    with pytest.raises(camviz.ImageError, match="contains NaN or infinity"):
+        fa.deletion_insertion(tiny_net, x, maps, 1, steps=4)
+
 # --------------------------------------------------------------------------------------------
 # camviz eval --faithfulness
 # --------------------------------------------------------------------------------------------

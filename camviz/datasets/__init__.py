@@ -13,7 +13,14 @@ Example:
     camviz.errors.DatasetError: bad image count in 'demo:test:many'; use demo:SPLIT:N
 """
 
-from camviz.datasets.batches import ITEM_FAILURES, SkipBad, as_item, collate, item_name
+from camviz.datasets.batches import (
+    ITEM_FAILURES,
+    Prepared,
+    SkipBad,
+    as_item,
+    collate,
+    item_name,
+)
 from camviz.datasets.folders import ImageFiles, ImageFolder, PartsFolder, image_files
 from camviz.datasets.paths import parse_int, read_rows, safe_join
 from camviz.datasets.specs import (
@@ -31,6 +38,7 @@ __all__ = [
     "ImageFiles",
     "ImageFolder",
     "PartsFolder",
+    "Prepared",
     "SkipBad",
     "WsolDataset",
     "WsolMetadata",

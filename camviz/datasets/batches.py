@@ -2,7 +2,9 @@
 
 Items may be a tensor (3, H, W), a tuple ``(image, label, ...)`` (a trailing dict is the
 item's part masks), or a dict with ``"image"`` (and ``"label"``, ``"parts"``, boxes...).
-Images that are not tensors (PIL images, arrays) go through the network's transform.
+Images that are not tensors (PIL images, arrays) go through the network's transform; tensors
+follow :func:`camviz.images.to_batch`'s rules, as ``net.run`` does: float (normalised), uint8
+pixels (scaled and normalised by the transform), anything else, NaN or infinity refused.
 
 Example:
     >>> import torch
@@ -21,9 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from camviz.errors import CamvizError, DatasetError
+from camviz.errors import CamvizError, DatasetError, ImageError
+from camviz.images import Preprocess, to_batch
 
-__all__ = ["as_item", "collate", "SkipBad", "ITEM_FAILURES", "item_name"]
+__all__ = ["as_item", "collate", "Prepared", "SkipBad", "ITEM_FAILURES", "item_name"]
 
 #: What reading one dataset item may raise that makes that item, not the job, fail: camviz's
 #: own errors, files that cannot be read, malformed contents, decompression bombs.
@@ -78,12 +81,22 @@ def _image(img: Any, transform: Callable[[Any], torch.Tensor] | None) -> torch.T
                 "GapNet a transform"
             )
         img = transform(img)
+        if not isinstance(img, torch.Tensor):
+            raise DatasetError(f"the transform gave a {type(img).__name__}, not a (3, H, W) "
+                               "tensor; give a transform that returns tensors")
     if img.ndim != 3 or img.shape[0] != 3:
         raise DatasetError(
             f"dataset item image has shape {tuple(img.shape)}; expected a preprocessed "
             "(3, H, W) tensor"
         )
-    return img.float()
+    prep = transform if isinstance(transform, Preprocess) else None
+    if img.dtype == torch.uint8 and transform is not None and prep is None:
+        raise ImageError(
+            "a uint8 tensor of pixels needs a camviz Preprocess transform to be scaled and "
+            "normalised; give float tensors normalised like the network's input, or PIL images "
+            "/ arrays for the transform"
+        )
+    return to_batch(img, prep)[0]  # net.run's rules: uint8 = pixels; other dtypes, NaN refused
 
 
 def collate(items: Sequence[Any], transform: Callable[[Any], Any] | None = None) -> dict[str, Any]:
@@ -131,6 +144,32 @@ class _Failed:
 
     def __init__(self, index: int, message: str) -> None:
         self.reason = (index, message)
+
+
+class Prepared(Dataset):
+    """A dataset whose items are dicts (:func:`as_item`) with the image already the network
+    input, float32 (3, H, W), by :func:`collate`'s rules with ``transform``. Wrapped in
+    :class:`SkipBad`, an image the transform or those rules refuse (too long a strip, a bool
+    tensor, NaN) fails that item, not the batch it would have been in.
+
+    Example:
+        >>> ds = SkipBad(Prepared([torch.zeros(3, 1, 1), torch.zeros(3, 1, 1, dtype=torch.bool)]))
+        >>> b = collate([ds[0], ds[1]])
+        >>> b["image"].shape[0], b["failed"][0][0], "is not an image batch" in b["failed"][0][1]
+        (1, 1, True)
+    """
+
+    def __init__(self, dataset: Any, transform: Callable[[Any], Any] | None = None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = as_item(self.dataset[i])
+        item["image"] = _image(item["image"], self.transform)
+        return item
 
 
 class SkipBad(Dataset):

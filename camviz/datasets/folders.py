@@ -100,10 +100,11 @@ class PartsFolder(Dataset):
     """A folder in the camviz.demo / wsolevaluation layout with part masks (``parts.txt``).
 
     Items are dicts ``{"image": (3, H, W) tensor, "label": int, "parts": {name: (H, W) bool},
-    "path": str, "index": int}``; images go through ``transform`` (a
-    :class:`camviz.images.Preprocess`) and part masks through its geometry (resize/crop), so
-    they align with the network input. Every path in the metadata must stay under ``root``
-    (:class:`~camviz.errors.UnsafePath` otherwise).
+    "path": str, "index": int}``; images are read in their stored frame (no EXIF rotation: the
+    frame the masks were drawn in, as :class:`~camviz.datasets.WsolDataset` reads them) and go
+    through ``transform`` (a :class:`camviz.images.Preprocess`), part masks through its
+    geometry (resize/crop), so they align with the network input. Every path in the metadata
+    must stay under ``root`` (:class:`~camviz.errors.UnsafePath` otherwise).
 
     Example:
         >>> PartsFolder("/no/such/folder")
@@ -177,7 +178,7 @@ class PartsFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         rel = self.image_ids[i]
-        img = load_image(self.paths[i])
+        img = load_image(self.paths[i], exif=False)  # the frame the part masks were drawn in
         x = self.transform(img) if self.transform is not None else img
         parts: dict[str, torch.Tensor] = {}
         for name, mpath in self.parts[rel]:

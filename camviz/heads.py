@@ -65,7 +65,7 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-_FORMAT = 1  # of the feature cache files
+_FORMAT = 2  # of the feature cache files (2: uint8 items are pixels, as in net.run)
 
 
 # ------------------------------------------------------------------------------ pooled features

@@ -72,6 +72,10 @@ if TYPE_CHECKING:
 
 __all__ = ["UnitStats", "scan", "model_fingerprint", "dataset_fingerprint", "scan_cache_dir"]
 
+#: Part of every cache key; raised when the same items and network give other statistics
+#: (2: uint8 tensor items are pixels through the network's transform, no longer raw values).
+CACHE_KEY = 2
+
 #: What a damaged cache entry may raise when read (it is then recomputed).
 _DAMAGED = (CamvizError, OSError, ValueError, KeyError, EOFError, IndexError, TypeError)
 
@@ -316,8 +320,8 @@ def scan(
                          "dataset": dataset_fingerprint(dataset, read_items=keyed)},
                 "camviz scan")
     settings = {"top_n": top_n, "resolution": resolution, "autocast": autocast}
-    key = hashlib.sha256(json.dumps([FORMAT, ids["model"], ids["dataset"], *settings.values()])
-                         .encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([FORMAT, CACHE_KEY, ids["model"], ids["dataset"],
+                                     *settings.values()]).encode()).hexdigest()[:24]
     target = folder / f"{key}.npz" if folder is not None else None
     if target is not None:
         cached = _cached(target, net.device, rank, size)

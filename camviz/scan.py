@@ -377,5 +377,5 @@ def _cached(target: Path, device: Any, rank: int, size: int) -> UnitStats | None
     hit = share(lambda: found is not None, "camviz scan: reading the cache")
     if not hit:
         return None
-    data = pack(state_arrays(found)) if rank == 0 else None
-    return found if rank == 0 else from_state_arrays(unpack(broadcast_bytes(data)), device)
+    data = broadcast_bytes(pack(state_arrays(found)) if rank == 0 else None)  # every rank
+    return found if rank == 0 else from_state_arrays(unpack(data), device)

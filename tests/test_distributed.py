@@ -180,6 +180,32 @@ def test_torchrun_camviz_scan_writes_once_what_one_process_writes(tmp_path):
 
 
 @pytest.mark.slow
+def test_ranks_that_find_the_scan_in_the_cache_all_get_it(tmp_path):
+    """Rank 0 reads the cache and gives the entry to every rank (rank 1 used to wait for a
+    broadcast rank 0 never sent: the scan failed, a dissect hung)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"no torchrun beside {sys.executable}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "CAMVIZ_DIST_TIMEOUT": "60", "CAMVIZ_CACHE": str(tmp_path / "cache")}
+    args = ["--model", "demo", "--data", str(FIXTURE), "--batch-size", str(BATCH), "--no-progress"]
+    one = subprocess.run([sys.executable, "-m", "camviz", "scan", *args, "--out",
+                          str(tmp_path / "one.npz")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launch = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "camviz"]
+    two = subprocess.run([*launch, "scan", *args, "--out", str(tmp_path / "two.npz")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (camviz.UnitStats.load(tmp_path / f) for f in ("one.npz", "two.npz"))
+    assert torch.equal(a.top.indices, b.top.indices) and b.meta == a.meta  # the cached entry
+    d = subprocess.run([*launch, "dissect", *args, "--out", str(tmp_path / "d")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert (tmp_path / "d" / "dissection.json").is_file()
+
+
+@pytest.mark.slow
 def test_a_failing_rank_stops_the_others_at_the_next_heartbeat(tmp_path):
     assert _ranks("early", tmp_path) == [1, 1]
     assert _said(tmp_path, 1) == "RuntimeError: the disk went away"

@@ -1,11 +1,9 @@
-"""``python -m camviz ...`` runs the ``camviz`` command (also under ``torchrun``)."""
+"""``python -m camviz ...`` runs the ``camviz`` command (also under ``torchrun``): the same
+entry point as the console script, in the same state (gradients on: ``fine-tune`` trains)."""
 
 import sys
-
-import torch
 
 from camviz.cli import main
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

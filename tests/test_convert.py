@@ -433,3 +433,21 @@ def test_cli_refusals(tmp_path: Path, capsys) -> None:
                  str(tmp_path / "m.safetensors")]) == 2
     assert "is a converted network already: drop --to-gap" in capsys.readouterr().err
     assert isinstance(read_converted(f)[0], GapConverted)
+
+
+def test_python_m_camviz_fine_tune_trains(tmp_path: Path) -> None:
+    """``python -m camviz`` is the console script's command: it once turned gradients off for
+    the whole process, so fine-tune's first backward pass failed there (and only there)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.safetensors"
+    run = subprocess.run([sys.executable, "-m", "camviz", "fine-tune", "--model", "demo-fc",
+                          "--to-gap", "--width", "8", "--data", str(FIXTURE), "--out", str(out),
+                          "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1",
+                          "--device", "cpu", "--no-progress"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert load_converted(out, device="cpu").num_units == 8

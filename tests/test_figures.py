@@ -122,6 +122,25 @@ def test_compare_rows_are_each_networks_maps(net, gmp):
         assert ax.get_title().split()[0] == r.topk(1).names[j][0]
 
 
+def test_compare_shows_each_whole_photo_unless_asked_for_the_crop(net, gmp):
+    """Photos of two shapes in one figure: each runs alone in the whole view (no centre crop),
+    its map the one ``net.run([photo], view="whole")`` gives; ``view="crop"`` is the batch."""
+    rng = np.random.default_rng(3)
+    photos = [(rng.random((100, 150, 3)) * 255).astype(np.uint8),
+              (rng.random((150, 100, 3)) * 255).astype(np.uint8)]
+    fig = figures.compare({"GAP": net, "GMP": gmp}, photos, cls="cart")
+    maps = panels(fig)
+    for r, model in enumerate((net, gmp)):
+        for j, photo in enumerate(photos):
+            want = model.run([photo], view="whole").cams(5, size="input", normalize=True)
+            assert np.array_equal(shown(maps[2 * r + j]), want[0, 0].numpy())
+    assert [shown(m).shape for m in maps[:2]] == [(128, 192), (192, 128)]  # shorter side 128
+    crop = panels(figures.compare([net], photos, cls="cart", view="crop"))
+    want = net.run(photos).cams(5, size="input", normalize=True)[:, 0].numpy()
+    assert all(np.array_equal(shown(ax), want[j]) for j, ax in enumerate(crop))
+    assert {shown(ax).shape for ax in crop} == {(128, 128)}
+
+
 def test_class_units_rows_are_top_units_over_their_top_images_with_their_masks(net, parts):
     data, stats, d = parts
     fig = figures.class_units(net, stats, data, "cart", units=3, images=2, dissection=d)

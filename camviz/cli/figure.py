@@ -109,6 +109,8 @@ def register(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     _models(p)
     p.add_argument("--cls", default=None, help="one class for every map (default: top-1)")
+    p.add_argument("--view", choices=("whole", "crop"), default="whole",
+                   help="the whole photos (default) or the networks' centre crops")
     _common(p)
     p.set_defaults(func=cmd_compare)
 
@@ -201,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.cls is not None:
             class_index(net.classes, args.cls)
     fig = figures.compare(nets, [str(p) for p in paths], cls=args.cls, width=args.width,
-                          cmap=args.cmap)
+                          cmap=args.cmap, view=args.view)
     return _write(fig, args)
 
 

@@ -97,6 +97,16 @@ def _named_nets(nets: Mapping[str, Any] | Sequence[Any]) -> list[tuple[str, Any]
     return [(str(name), net) for name, net in pairs]
 
 
+def _runs(net: Any, images: Any, view: str) -> list[Any]:
+    """One single-image result per image: in the whole view each photo runs alone (photos of
+    different shapes cannot share a batch), else one batch is split."""
+    if view == "whole" and not isinstance(images, torch.Tensor):
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        return [net.run([item], view="whole") for item in items]
+    res = net.run(images, view=view)
+    return [res.select(i) for i in range(len(res))]
+
+
 @styled
 def compare(
     nets: Mapping[str, Any] | Sequence[Any],
@@ -105,6 +115,7 @@ def compare(
     width: float | str = "page",
     cmap: str = DEFAULT_CMAP,
     alpha: float = 0.5,
+    view: str = "whole",
 ) -> Figure:
     """The same images through several networks: a row of inputs, then one row of maps per
     network (GAP vs GMP twins, a model before and after a new head).
@@ -112,7 +123,8 @@ def compare(
     ``nets``: {row name: GapNet} or a list (rows "net 1", "net 2", ...). ``images``: what
     ``GapNet.run`` takes (paths, PIL images, arrays, a tensor). ``cls``: a class name or index
     for every map, or None for each network's top-1 class of each image. Each map is that
-    network's ``cams(cls, size="input", normalize=True)`` over its own input image.
+    network's ``cams(cls, size="input", normalize=True)`` over its own input image; ``view``
+    "whole" (each whole photo, as ``net.run(..., view="whole")``) or "crop" (the centre crop).
 
     Example:
         >>> from torch import nn
@@ -124,23 +136,21 @@ def compare(
         4
     """
     pairs = _named_nets(nets)
-    results = [(name, net.run(images)) for name, net in pairs]
-    n = len(results[0][1])
-    fig, axes = panel_grid(width, len(results) + 1, n, title_lines=1, left=0.5)
-    for j, image in enumerate(results[0][1].images()):
-        image_panel(axes[0, j], image)
+    rows = [(name, _runs(net, images, view)) for name, net in pairs]
+    n = len(rows[0][1])
+    fig, axes = panel_grid(width, len(rows) + 1, n, title_lines=1, left=0.5)
+    for j, one in enumerate(rows[0][1]):
+        image_panel(axes[0, j], one.images()[0])
     row_label(axes[0, 0], "input")
-    for r, (name, res) in enumerate(results, start=1):
-        if cls is None:
-            idx = res.class_index(None)
-        else:
-            idx = torch.full((len(res), 1), class_index(res.classes, cls), device=res.device)
-        maps = as_numpy(res.cams(idx, size="input", normalize=True)[:, 0])
-        probs = res.probs.gather(1, idx)[:, 0].tolist()
-        shown = res.images()
-        for j in range(n):
-            title = f"{res.classes[int(idx[j, 0])]} {probs[j]:.2f}"
-            map_panel(axes[r, j], shown[j], maps[j], cmap, alpha, title)
+    for r, (name, results) in enumerate(rows, start=1):
+        for j, res in enumerate(results):
+            if cls is None:
+                idx = res.class_index(None)
+            else:
+                idx = torch.full((1, 1), class_index(res.classes, cls), device=res.device)
+            cam = as_numpy(res.cams(idx, size="input", normalize=True)[0, 0])
+            title = f"{res.classes[int(idx[0, 0])]} {float(res.probs.gather(1, idx)):.2f}"
+            map_panel(axes[r, j], res.images()[0], cam, cmap, alpha, title)
         row_label(axes[r, 0], name)
     colorbar(fig, axes, cmap, CAM_LABEL)
     return fig

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from camviz.errors import CamvizError
+from camviz.files import writable_cache
 from camviz.localize import Contours
 
 __all__ = ["iou_by_level", "compiled", "cache_dir"]
@@ -580,16 +580,6 @@ def cache_dir() -> str:
     return os.path.join(root, "numba")
 
 
-def _writable(where: str) -> bool:
-    try:  # an unwritable cache would make numba write next to the package instead
-        os.makedirs(where, exist_ok=True)
-        with tempfile.TemporaryFile(dir=where):
-            pass
-        return True
-    except OSError:
-        return False
-
-
 def compiled() -> Callable[..., None]:
     """The one-pass kernel compiled by numba (cached on disk, see :func:`cache_dir`; the first
     call in a fresh cache compiles it, a few seconds). Raises :class:`CamvizError` without
@@ -610,7 +600,8 @@ def compiled() -> Callable[..., None]:
                     "(or pass method='naive' to best_iou_curve, about 50x slower)"
                 ) from err
             where = cache_dir()
-            cache = _writable(where)
+            # an unwritable cache would make numba write next to the package instead
+            cache = writable_cache(where, "compiled kernel (numba)") is not None
             saved = numba.config.CACHE_DIR
             numba.config.CACHE_DIR = where  # read when caching is set up, just below
             try:

@@ -423,3 +423,21 @@ def test_one_strip_too_long_to_resize_is_reported_and_the_rest_of_its_batch_kept
     p = pool_features(tiny_net, ImageFolder(root), batch_size=4, cache=False, progress=False)
     assert p.features.shape[0] == 3 and len(p.failed) == 1
     assert p.failed[0][0] == 3 and p.failed[0][1].startswith(bound)
+
+
+def test_an_unwritable_kernel_cache_warns_and_compiles_in_memory(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["CAMVIZ_CACHE"] = str(blocker / "cache")
+    code = ("import numpy as np; from camviz.metrics import BoxAccuracy; a = BoxAccuracy(); "
+            "a.update(np.eye(8), np.array([[0, 0, 3, 3]])); print(a.compute()['MaxBoxAccV2'])")
+    run = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "cannot write the compiled kernel (numba) cache in" in run.stderr
+    assert float(run.stdout) >= 0 and blocker.read_text() == ""

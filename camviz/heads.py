@@ -180,7 +180,9 @@ def pool_features(
     target = _cache_file(net, dataset, cache, autocast) if cache else None
     if target is not None and target.is_file():
         try:
-            return _load_pooled(target, net.device)
+            cached = _load_pooled(target, net.device)
+            if len(cached.labels) + len(cached.failed) == len(dataset):  # else cut short
+                return cached
         except CamvizError:
             pass  # a damaged cache entry is recomputed and replaced
     transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone

@@ -222,6 +222,22 @@ def test_features_are_cached_by_trunk_and_data_so_a_refit_runs_no_network(tiny_n
     assert len(list(tmp_path.glob("*.safetensors"))) == 4
 
 
+def test_a_cache_entry_cut_short_is_recomputed(tiny_net, tmp_path):
+    """A well-formed feature file with fewer rows than the dataset has items (cut by hand or
+    by another tool) is not the pass over this dataset: it is redone, never returned."""
+    from safetensors.torch import load_file, save_file
+
+    data = _data()
+    fresh = pool_features(tiny_net, data, cache=tmp_path, progress=False)
+    (entry,) = tmp_path.glob("*.safetensors")
+    with safe_open(str(entry), framework="pt") as f:
+        meta = f.metadata()
+    short = {k: v[:2].contiguous() for k, v in load_file(str(entry)).items()}
+    save_file(short, str(entry), metadata=meta)
+    again = pool_features(tiny_net, data, cache=tmp_path, progress=False)
+    assert torch.equal(again.features, fresh.features) and len(again.labels) == len(data)
+
+
 def test_a_bad_item_is_reported_and_skipped(tiny_net):
     class Flaky(torch.utils.data.Dataset):
         def __len__(self):

@@ -68,11 +68,20 @@ class Units:
         return self.total + self.bias
 
 
+def _unit_ids(ids: Sequence[int] | Tensor, device: torch.device, k: int) -> Tensor:
+    given = torch.as_tensor(ids, device=device)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise CamvizError(f"unit ids must be whole numbers, got {given.tolist()}")
+    ids_t = given.long()
+    if ids_t.numel() and (int(ids_t.min()) < 0 or int(ids_t.max()) >= k):
+        raise CamvizError(f"unit ids must lie in 0..{k - 1}, got {ids_t.tolist()}")
+    return ids_t
+
+
 def _count(k: int, name: str) -> int:
-    k = int(k)
-    if k < 1:
-        raise CamvizError(f"{name} must be at least 1, got {k}")
-    return k
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:  # 2.5 is not silently 2
+        raise CamvizError(f"{name} must be at least 1 (a whole number), got {k}")
+    return int(k)
 
 
 def class_index(classes: ClassSpec, logits: Tensor) -> Tensor:
@@ -303,10 +312,7 @@ class CamResult:
             >>> res.unit_maps([2, 0], size=8).shape
             torch.Size([1, 2, 8, 8])
         """
-        ids_t = torch.as_tensor(ids, device=self.device, dtype=torch.long)
-        k = self.features.shape[1]
-        if ids_t.numel() and (int(ids_t.min()) < 0 or int(ids_t.max()) >= k):
-            raise CamvizError(f"unit ids must lie in 0..{k - 1}, got {ids_t.tolist()}")
+        ids_t = _unit_ids(ids, self.device, self.features.shape[1])
         maps = (
             self.features[:, ids_t]
             if ids_t.ndim == 1

@@ -73,6 +73,8 @@ def test_bad_arguments_of_the_result_say_what_to_do(tiny_net):
         (lambda: res.cams(size=(4, -1)), "size must be positive"),
         (lambda: res.topk(-1), "k must be at least 1"),
         (lambda: res.topk(0), "k must be at least 1"),
+        (lambda: res.topk(2.5), r"k must be at least 1 \(a whole number\), got 2\.5"),
+        (lambda: res.unit_maps([1.5]), r"unit ids must be whole numbers, got \[1\.5\]"),
         (lambda: res.units(0, k=-1), "k must be at least 1"),
         (lambda: res.unit_maps([-1]), r"unit ids must lie in 0\.\.11"),
         (lambda: res.unit_maps([12]), r"unit ids must lie in 0\.\.11"),

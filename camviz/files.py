@@ -206,6 +206,11 @@ def umask_mode(mode: int = 0o666) -> int:
         >>> old = os.umask(0o022); m = umask_mode(0o777); _ = os.umask(old); oct(m)
         '0o755'
     """
-    mask = os.umask(0o077)  # the only portable read of the umask is setting it
-    os.umask(mask)
+    try:  # Linux: read it without setting it (setting it races with other threads)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(v, 8) for k, _, v in (ln.partition(":") for ln in fh)
+                        if k == "Umask")
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o077)  # elsewhere the only read is setting it (0o077: never looser)
+        os.umask(mask)
     return mode & ~mask

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import importlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from camviz import files
 from camviz.errors import CamvizError, NotAGapNetwork, WeightsUnavailable
 from camviz.gapnet import GapNet
 from camviz.images import Preprocess
@@ -420,16 +421,9 @@ def save_converted(model: GapConverted, path: str | os.PathLike[str],
             "transform": asdict(transform) if transform is not None else None, **extra}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.chmod(tmp, 0o644)  # a model file to share (mkstemp makes it owner-only)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    files.remove_stale_temps(path.parent, name=glob.escape(path.name), recursive=False)
+    # atomic, umask permissions (a model file to share), a temp name a rerun can clean up
+    files.write_bytes(path, safetensors_bytes(tensors, metadata={META_KEY: json.dumps(meta)}))
     return path
 
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from camviz import files
 from camviz.errors import CamvizError
 from camviz.localize import boxes as _boxes
 from camviz.localize import mask as _mask
@@ -66,14 +68,15 @@ def write_figure(
     except ImportError as err:
         raise CamvizError("saving a figure needs kaleido: pip install 'kaleido>=1.0' "
                           "(or save the PIL composite, which needs no browser)") from err
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.write_image(str(p), format=fmt, scale=scale)
+        data = fig.to_image(format=fmt, scale=scale)
     except Exception as err:  # kaleido reports a missing browser in several ways
         raise CamvizError(
             f"kaleido could not write {p}: {err}. It needs a Chromium: install Debian's "
             "`chromium` (or set BROWSER_PATH), or save the PIL composite instead"
         ) from err
+    files.remove_stale_temps(p.parent, name=glob.escape(p.name), recursive=False)
+    files.write_bytes(p, data)  # atomic, umask permissions
     return p
 
 
@@ -141,9 +144,13 @@ def save_image(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.suffix:
         p = p.with_suffix(".png")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        image.save(p)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise CamvizError(f"cannot save an image as {p.suffix!r}: not an image format PIL "
+                          "writes; use .png")
+    files.remove_stale_temps(p.parent, name=glob.escape(p.name), recursive=False)
+    try:  # atomic, umask permissions, a temp name the next run can clean up
+        files.save_image(image, p, format=fmt)
     except (KeyError, ValueError) as err:
         raise CamvizError(f"cannot save an image as {p.suffix!r}: {err}; use .png") from err
     return p

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["TMP_PREFIX", "atomic_open", "write_bytes", "write_text", "save_image",
-           "remove_stale_temps", "writable_cache", "store_in_cache"]
+           "remove_stale_temps", "pid_alive", "umask_mode", "writable_cache",
+           "store_in_cache"]
 
 #: Prefix of every temporary file camviz writes (``.camviz-tmp-<pid>-<random>-<name>``).
 TMP_PREFIX = ".camviz-tmp-"
@@ -171,14 +172,21 @@ def remove_stale_temps(folder: str | os.PathLike[str], name: str | None = None,
     n = 0
     for f in root.rglob(pattern) if recursive else root.glob(pattern):
         pid = f.name[len(TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         f.unlink(missing_ok=True)
         n += 1
     return n
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (this one, or anyone's): a temporary file or folder
+    named with a live pid may still be in use and must be kept.
+
+    Example:
+        >>> pid_alive(os.getpid()), pid_alive(999999999)
+        (True, False)
+    """
     if pid == os.getpid():
         return True
     try:
@@ -188,3 +196,21 @@ def _alive(pid: int) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     return True
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` less the user's umask: the permissions a file (0o666) or folder (0o777) made
+    the ordinary way gets. For what ``mkstemp``/``mkdtemp`` make owner-only.
+
+    Example:
+        >>> old = os.umask(0o022); m = umask_mode(0o777); _ = os.umask(old); oct(m)
+        '0o755'
+    """
+    try:  # Linux: read it without setting it (setting it races with other threads)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(v, 8) for k, _, v in (ln.partition(":") for ln in fh)
+                        if k == "Umask")
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o077)  # elsewhere the only read is setting it (0o077: never looser)
+        os.umask(mask)
+    return mode & ~mask

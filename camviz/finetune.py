@@ -31,11 +31,11 @@ Example:
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from camviz import files
 from camviz.errors import CamvizError, DatasetError
 from camviz.gapnet import GapNet, resolve_device
 from camviz.images import Preprocess
@@ -241,15 +242,8 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with files.atomic_open(path) as fh:  # umask permissions, a temp name with our pid
+        torch.save(payload, fh)
 
 
 def _load_checkpoint(path: Path, key: dict[str, str]) -> dict[str, Any] | None:
@@ -369,6 +363,8 @@ def train(
     opt = _optimizer(model, settings, new)
     scaler = torch.amp.GradScaler(dev.type, enabled=settings.autocast == "fp16")
     path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:  # temp checkpoints a killed run left beside this one
+        files.remove_stale_temps(path.parent, name=glob.escape(path.name), recursive=False)
     history = _resume(path, key, model, opt, scaler) if path is not None else []
     collate = _Items(transform)
     devices = [dev] if dev.type == "cuda" else []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import camviz
+from camviz import files
 from camviz.cli import COMMANDS, main
 from camviz.cli import finetune as cli_finetune
 from camviz.convert import GapConverted, load_converted, read_converted, save_converted, to_gap
@@ -419,6 +422,29 @@ def test_cli_resumes_after_an_interruption(tmp_path: Path, monkeypatch, capsys) 
                  "--device", "cpu"]) == 0
     more = load_file(str(tmp_path / "more.safetensors"))
     assert not torch.equal(more["extra.0.weight"], cut["extra.0.weight"])
+
+
+def test_cli_outputs_get_umask_permissions_and_stale_temps_are_removed(tmp_path: Path) -> None:
+    dead = f"{files.TMP_PREFIX}999999999-abcd1234-"
+    stale = [tmp_path / f"{dead}m.safetensors", tmp_path / f"{dead}m.safetensors.ckpt"]
+    other = tmp_path / f"{dead}other.safetensors"  # another target's: not ours to remove
+    live = tmp_path / f"{files.TMP_PREFIX}{os.getpid()}-abcd1234-m.safetensors"  # a live run's
+    for f in (*stale, other, live):
+        f.write_bytes(b"half")
+    old = os.umask(0o022)
+    try:
+        assert main(["fine-tune", "--model", "tiny-fc", "--weights", "none", "--to-gap",
+                     "--width", "8", "--data", str(FIXTURE), "--out",
+                     str(tmp_path / "m.safetensors"), "--epochs", "1", "--batch-size", "8",
+                     "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    for out in ("m.safetensors", "m.safetensors.ckpt"):
+        assert stat.S_IMODE((tmp_path / out).stat().st_mode) == 0o644, out
+    assert not any(f.exists() for f in stale)
+    assert other.exists() and live.exists()
+    assert {f.name for f in tmp_path.iterdir()} == {
+        "m.safetensors", "m.safetensors.ckpt", other.name, live.name}
 
 
 def test_cli_refusals(tmp_path: Path, capsys) -> None:

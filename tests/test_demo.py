@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import camviz
 from camviz.demo import CLASSES, NOVEL_CLASSES, PARTS, ensure_split, render_sample, write_split
 from camviz.demo.__main__ import main as demo_main
 from camviz.demo.net import load_demo, load_state, weights_path
-from camviz.demo.world import _LAYOUTS, SCALE_RANGE
+from camviz.demo.world import _LAYOUTS, SCALE_RANGE, WORLD_SEED, WORLD_VERSION
 from camviz.errors import WeightsUnavailable
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
@@ -161,6 +163,34 @@ def test_ensure_split_caches_under_camviz_cache(tmp_path, monkeypatch):
     assert ensure_split("test", 2) == root
     assert (root / "split.json").stat().st_mtime_ns == stamp
     assert [p.name for p in root.parent.iterdir()] == ["test-2"]  # no temporary folder left
+
+
+def test_ensure_split_gets_umask_permissions_and_removes_dead_generations(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path))
+    parent = tmp_path / "demo" / f"v{WORLD_VERSION}-seed{WORLD_SEED}"
+    dead, old_style = parent / ".test-2-999999999-abcd1234", parent / ".test-2-abcd1234"
+    live = parent / f".test-2-{os.getpid()}-abcd1234"  # a generation still running
+    other = parent / ".test-20-999999999-abcd1234"  # another split's: not this one's to judge
+    for d in (dead, old_style, live, other):
+        d.mkdir(parents=True)
+        (d / "image_ids.txt").write_text("half")
+    old = os.umask(0o022)
+    try:
+        root = ensure_split("test", 2)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+    for f in root.rglob("*"):
+        assert stat.S_IMODE(f.stat().st_mode) == (0o755 if f.is_dir() else 0o644), f
+    assert sorted(p.name for p in parent.iterdir()) == sorted(["test-2", live.name, other.name])
+
+
+def test_ensure_split_under_an_unwritable_cache_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("")
+    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path / "f"))
+    with pytest.raises(camviz.DatasetError, match=r"the demo split test-2 cannot be written into "
+                       r".*f/demo/.*; set CAMVIZ_CACHE to a writable folder"):
+        ensure_split("test", 2)
 
 
 def test_cli_generate_and_images(tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Subset
 
 import camviz
-from camviz import figures
+from camviz import figures, files
 from camviz.cli import main
 from camviz.datasets import PartsFolder, WsolDataset
 from camviz.datasets import resolve_metadata as resolve_eval_data
@@ -294,6 +296,23 @@ def test_same_figure_made_twice_same_bytes(res, tmp_path):
         a, b = (figures.save(figures.top_classes(res, k=2, width="column"),
                              tmp_path / f"{n}{suffix}", dpi=72).read_bytes() for n in "ab")
         assert a == b
+
+
+def test_saved_figures_get_umask_permissions_and_stale_temps_go(tmp_path):
+    from camviz.figures.style import new_figure
+
+    dead = f"{files.TMP_PREFIX}999999999-abcd1234-"
+    for suffix in (".png", ".pdf", ".svg"):
+        stale = tmp_path / f"{dead}f{suffix}"
+        stale.write_bytes(b"half")  # a killed run's temp file beside the target
+        old = os.umask(0o022)
+        try:
+            path = figures.save(new_figure(1.0, 1.0), tmp_path / f"f{suffix}", dpi=50)
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.stat().st_size > 100
+        assert not stale.exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["f.pdf", "f.png", "f.svg"]
 
 
 def test_style_is_local_and_cmap_selectable(res):

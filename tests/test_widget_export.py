@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from PIL import Image
 from torch import nn
 
 import camviz
+from camviz import files
+from camviz.export import save_image
 from camviz.widgets import Browser, box_path
 from camviz.widgets.saving import ExportBar, failure, target_path
 
@@ -184,3 +188,18 @@ def test_nothing_to_export_from_an_error(net, tmp_path):
     assert "nothing to export" in b.export_status.value and "..." not in b.export_status.value
     with pytest.raises(camviz.CamvizError, match="nothing to export"):
         b.save(tmp_path / "v.pdf")
+
+
+def test_composite_image_gets_umask_permissions_and_stale_temps_go(tmp_path):
+    stale = tmp_path / f"{files.TMP_PREFIX}999999999-abcd1234-v.jpg"
+    stale.write_bytes(b"half")  # a killed run's temp file beside the target
+    old = os.umask(0o022)
+    try:
+        p = save_image(Image.new("RGB", (4, 4), (200, 10, 10)), tmp_path / "v.jpg")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644 and Image.open(p).format == "JPEG"
+    assert not stale.exists()
+    with pytest.raises(camviz.CamvizError, match=r"cannot save an image as '.xyz'.*use .png"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "v.xyz")
+    assert [f.name for f in tmp_path.iterdir()] == ["v.jpg"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from camviz import files
 from camviz.demo.world import (
     CLASS_SETS,
     PARTS,
@@ -184,7 +185,7 @@ def write_demo_images(
     for i in range(n):
         s = render_sample(split, i, seed=seed, label=i % len(class_names()))
         p = dest / f"{i:02d}_{s.class_name}.png"
-        Image.fromarray(s.image).save(p)
+        files.save_image(Image.fromarray(s.image), p)
         paths.append(p)
     return paths
 
@@ -212,10 +213,18 @@ def ensure_split(
     final = base / f"v{WORLD_VERSION}-seed{seed}" / name
     if (final / "split.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_splits(final.parent, name)
+        # the pid in the name: a killed generation's folder is told from a running one's
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{os.getpid()}-", dir=final.parent))
+    except OSError as err:
+        raise DatasetError(
+            f"the demo split {name} cannot be written into {final.parent} "
+            f"({err.strerror or err}); set CAMVIZ_CACHE to a writable folder") from err
     try:
         write_split(split, n, tmp, seed=seed, progress=progress, classes=classes)
+        tmp.chmod(files.umask_mode(0o777))  # mkdtemp makes it owner-only
         try:
             tmp.rename(final)
         except OSError:  # another process finished the same split first: use theirs
@@ -225,3 +234,12 @@ def ensure_split(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _remove_stale_splits(folder: Path, name: str) -> None:
+    """Remove the temporary folders of split ``name`` whose generating process is gone."""
+    head = f".{name}-"
+    for d in folder.glob(f"{head}*"):
+        pid = d.name[len(head):].split("-", 1)[0]
+        if d.is_dir() and not (pid.isdigit() and files.pid_alive(int(pid))):
+            shutil.rmtree(d, ignore_errors=True)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from camviz import files
 from camviz.demo.net import MEAN, STD, WEIGHT_FILES, WEIGHTS_DIR, DemoModel
 from camviz.demo.world import CLASSES, IMAGE_SIZE, WORLD_SEED, WORLD_VERSION, render_sample
 
@@ -190,8 +191,9 @@ def _pool(f: torch.Tensor, pool: str) -> torch.Tensor:
 
 def _save(model: torch.nn.Module, path: Path) -> None:
     """Save a plain, contiguous CPU copy of ``model``'s state dict (loads with weights_only)."""
-    torch.save({n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()},
-               path)
+    with files.atomic_open(path) as fh:
+        torch.save({n: t.detach().cpu().contiguous().clone()
+                    for n, t in model.state_dict().items()}, fh)
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -374,7 +376,7 @@ def train(
         "val_top1": acc,
         "nets": {k: {"file": WEIGHT_FILES[m.pool], "pool": m.pool} for k, m in models.items()},
     }
-    (dest / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
+    files.write_text(dest / "demo.json", json.dumps(info, indent=1) + "\n")
     return info
 
 
@@ -452,7 +454,8 @@ def finish(
     models = {}
     for name, pool in NETS.items():
         state = torch.load(src / WEIGHT_FILES[pool], map_location="cpu", weights_only=True)
-        torch.save(state, out / WEIGHT_FILES[pool])
+        with files.atomic_open(out / WEIGHT_FILES[pool]) as fh:
+            torch.save(state, fh)
         m = DemoModel(pool=pool)
         m.load_state_dict(state)
         models[name] = m.eval()
@@ -473,7 +476,7 @@ def finish(
         "val_images": val,
         "val_top1": acc,
     })
-    (out / "demo.json").write_text(json.dumps(info, indent=1) + "\n")
+    files.write_text(out / "demo.json", json.dumps(info, indent=1) + "\n")
 
 
 if __name__ == "__main__":

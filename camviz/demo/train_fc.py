@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import Dataset
 
+from camviz import files
 from camviz.convert import save_converted
 from camviz.demo.fcnet import FC_FILE, GAP_FILE, GAP_WIDTH, FcNet, to_gap_demo
 from camviz.demo.net import WEIGHTS_DIR, demo_transform
@@ -196,16 +197,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _write(out: Path, fc: FcNet, net: Any, info: dict[str, Any]) -> None:
     """Both weight files and demo_fc.json, each atomically; then drop the resume points."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in fc.state_dict().items()}
-    tmp = out / f".tmp-{FC_FILE}"
-    save_file(state, str(tmp))
-    os.replace(tmp, out / FC_FILE)
+    files.write_bytes(out / FC_FILE, safetensors_bytes(state))
     save_converted(net.model, out / GAP_FILE, classes=list(CLASSES), transform=demo_transform(),
                    training={"recipe": "python -m camviz.demo.train_fc",
                              "stage2": info["stage2_gap"]["settings"],
                              "val_top1": info["val_top1"]})
-    tmp = out / ".tmp-demo_fc.json"
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, out / "demo_fc.json")
+    files.write_text(out / "demo_fc.json", json.dumps(info, indent=1) + "\n")
     for ck in ("fc.ckpt", "gap.ckpt"):  # the run is complete: its resume points are not needed
         (out / ck).unlink(missing_ok=True)
 

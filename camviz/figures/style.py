@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import glob
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from matplotlib.colors import Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from camviz import files
 from camviz.errors import CamvizError
 from camviz.figures.sizes import figure_format, figure_width
 
@@ -131,15 +133,9 @@ def save(fig: Figure, path: str | os.PathLike[str], dpi: float = 300) -> Path:
     fmt = figure_format(p)
     if not np.isfinite(dpi) or dpi <= 0:
         raise CamvizError(f"dpi must be > 0, got {dpi}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-    try:
-        with mpl.rc_context(STYLE):
-            fig.savefig(tmp, format=fmt, dpi=dpi, backend=_BACKENDS[fmt],
-                        metadata=_METADATA[fmt])
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.remove_stale_temps(p.parent, name=glob.escape(p.name), recursive=False)
+    with files.atomic_open(p) as fh, mpl.rc_context(STYLE):  # umask permissions
+        fig.savefig(fh, format=fmt, dpi=dpi, backend=_BACKENDS[fmt], metadata=_METADATA[fmt])
     return p
 
 

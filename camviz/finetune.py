@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from camviz.datasets import read_classes
 from camviz.errors import CamvizError, DatasetError
 from camviz.gapnet import GapNet, resolve_device
 from camviz.images import Preprocess
@@ -159,8 +160,9 @@ def _epoch_order(n: int, s: Settings, epoch: int) -> list[int]:
 
 
 def dataset_classes(dataset: Dataset) -> list[str]:
-    """Class names of a labelled dataset: its folder's ``classes.txt`` (``index,name`` lines, as
-    the demo world writes), else ``class 0 .. class N-1`` from its labels.
+    """Class names of a labelled dataset: its folder's ``classes.txt`` (read by
+    :func:`camviz.datasets.read_classes`: ``index,name`` lines, as the demo world writes, or one
+    name a line), else ``class 0 .. class N-1`` from its labels.
 
     Example:
         >>> from camviz.demo import write_split
@@ -174,14 +176,7 @@ def dataset_classes(dataset: Dataset) -> list[str]:
     root = getattr(dataset, "root", None) or getattr(meta, "metadata_dir", None)
     names = Path(root) / "classes.txt" if root is not None else None
     if names is not None and names.is_file():
-        rows = [line.split(",", 1) for line in names.read_text().splitlines() if "," in line]
-        try:
-            table = {int(i): name.strip() for i, name in rows}
-        except ValueError:
-            raise DatasetError(f"{names}: lines must be index,name") from None
-        if sorted(table) != list(range(len(table))):
-            raise DatasetError(f"{names}: indices must be 0..N-1, each once")
-        return [table[i] for i in range(len(table))]
+        return read_classes(names)
     labels = getattr(dataset, "labels", None)
     if labels is None and meta is not None and hasattr(meta, "records"):
         labels = [r.label for r in meta.records]

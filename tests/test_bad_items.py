@@ -392,7 +392,7 @@ def test_bool_int64_complex_and_nan_items_are_reported_and_skipped(tiny_net):
     ref = scan(tiny_net, [items[i] for i in good], batch_size=8, cache=False, progress=False)
     assert st.num_images == 3 and torch.equal(st.label_count, ref.label_count)
     p = pool_features(tiny_net, items, cache=False, progress=False)
-    assert sorted(i for i, _ in p.failed) == [1, 2, 4, 5]
+    assert sorted(i for i, _ in p.failed) == ["item 1", "item 2", "item 4", "item 5"]
     p_ref = pool_features(tiny_net, [items[i] for i in good], cache=False, progress=False)
     assert torch.equal(p.features, p_ref.features) and p.labels.tolist() == [0, 3, 1]
 

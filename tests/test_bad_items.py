@@ -422,4 +422,4 @@ def test_one_strip_too_long_to_resize_is_reported_and_the_rest_of_its_batch_kept
     assert listed.num_images == 3 and [f[0] for f in listed.meta["failed"]] == ["item 3"]
     p = pool_features(tiny_net, ImageFolder(root), batch_size=4, cache=False, progress=False)
     assert p.features.shape[0] == 3 and len(p.failed) == 1
-    assert p.failed[0][0] == 3 and p.failed[0][1].startswith(bound)
+    assert p.failed[0][0] == str(strip) and p.failed[0][1].startswith(bound)

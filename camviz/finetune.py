@@ -16,7 +16,11 @@ checkpoint (model, optimizer, scaler; tensors and plain values only, read back w
 ``weights_only=True``) is written atomically; a rerun with the same arguments resumes after the
 last finished epoch, and a checkpoint from other settings, another model or other data is
 refused. On the CPU a resumed run ends with the same weights, bit for bit, as an uninterrupted
-one.
+one. One bad item (unreadable, no label, a label outside the classes) is reported in its
+epoch's record and left out, never the end of the run.
+
+The module is long (over 500 lines) because the loop, its item handling and its checkpoints
+must agree on one resumable order; splitting them would spread one contract over files.
 
 Example:
     >>> from torch import nn
@@ -47,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz import files
+from camviz.datasets import ITEM_FAILURES, item_name, read_classes
 from camviz.errors import CamvizError, DatasetError
 from camviz.gapnet import GapNet, resolve_device
 from camviz.images import Preprocess
@@ -119,27 +124,62 @@ def split_item(item: Any) -> tuple[Any, int]:
     )
 
 
+class _Tagged(Dataset):
+    """Items as ``(index, item, None)``, or ``(index, None, reason)`` for an item that cannot
+    be read (:data:`camviz.datasets.ITEM_FAILURES`): it is reported, not the end of the run."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            return i, self.dataset[i], None
+        except ITEM_FAILURES as err:
+            return i, None, str(err) or type(err).__name__
+
+
 class _Items:
-    """Collate: images (tensors, or PIL images / arrays through ``transform``) and labels."""
+    """Collate: images (tensors, or PIL images / arrays through ``transform``) and labels, and
+    ``(index, reason)`` of the items left out (unreadable, no label, a label outside
+    ``0..num_classes - 1``, an image the transform refuses)."""
 
-    def __init__(self, transform: Preprocess | None) -> None:
+    def __init__(self, transform: Preprocess | None, num_classes: int | None = None) -> None:
         self.transform = transform
+        self.num_classes = num_classes
 
-    def __call__(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for item in items:
+    def __call__(self, items: list[Any]) -> tuple[Any, Any, list[int], list[tuple[int, str]]]:
+        xs, ys, idx, failed = [], [], [], []
+        for i, item, reason in items:
+            if reason is not None:
+                failed.append((i, reason))
+                continue
             x, y = split_item(item)
+            if y < 0:
+                failed.append((i, "no class label (-1); left out: fine-tuning needs labels"))
+                continue
+            if self.num_classes is not None and y >= self.num_classes:
+                failed.append((i, f"label {y} is outside 0..{self.num_classes - 1} (the "
+                                  f"{self.num_classes} classes); left out"))
+                continue
             if not isinstance(x, torch.Tensor):
                 if self.transform is None:
                     raise DatasetError(
                         f"dataset items are {type(x).__name__}, not tensors: give transform= "
                         "(the network's Preprocess) or a dataset with a transform")
-                x = self.transform(x)
-            if y < 0:
-                raise DatasetError("an item has no class label (-1); fine-tuning needs labels")
+                try:
+                    x = self.transform(x)
+                except ITEM_FAILURES as err:
+                    failed.append((i, str(err)))
+                    continue
             xs.append(x)
             ys.append(y)
-        return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+            idx.append(i)
+        if not xs:
+            return None, None, idx, failed
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), idx, failed
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -160,8 +200,9 @@ def _epoch_order(n: int, s: Settings, epoch: int) -> list[int]:
 
 
 def dataset_classes(dataset: Dataset) -> list[str]:
-    """Class names of a labelled dataset: its folder's ``classes.txt`` (``index,name`` lines, as
-    the demo world writes), else ``class 0 .. class N-1`` from its labels.
+    """Class names of a labelled dataset: its folder's ``classes.txt`` (read by
+    :func:`camviz.datasets.read_classes`: ``index,name`` lines, as the demo world writes, or one
+    name a line), else ``class 0 .. class N-1`` from its labels.
 
     Example:
         >>> from camviz.demo import write_split
@@ -175,14 +216,7 @@ def dataset_classes(dataset: Dataset) -> list[str]:
     root = getattr(dataset, "root", None) or getattr(meta, "metadata_dir", None)
     names = Path(root) / "classes.txt" if root is not None else None
     if names is not None and names.is_file():
-        rows = [line.split(",", 1) for line in names.read_text().splitlines() if "," in line]
-        try:
-            table = {int(i): name.strip() for i, name in rows}
-        except ValueError:
-            raise DatasetError(f"{names}: lines must be index,name") from None
-        if sorted(table) != list(range(len(table))):
-            raise DatasetError(f"{names}: indices must be 0..N-1, each once")
-        return [table[i] for i in range(len(table))]
+        return read_classes(names)
     labels = getattr(dataset, "labels", None)
     if labels is None and meta is not None and hasattr(meta, "records"):
         labels = [r.label for r in meta.records]
@@ -334,6 +368,7 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    num_classes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place (left in eval mode, on ``device``); returns one record per
     epoch (``epoch``, ``loss``, ``accuracy`` in percent over its training batches, ``lr``).
@@ -342,6 +377,11 @@ def train(
     (default ``model.new_layers``, else none). ``checkpoint``: a file written after every
     epoch and resumed from (see the module doc). ``callback(record)`` runs after each epoch's
     checkpoint; an exception from it stops the run there (a rerun resumes).
+
+    One bad item never ends the run: an item that cannot be read, has no label or a label
+    outside ``0..num_classes - 1`` (default: the model's outputs) is left out and listed in its
+    epoch's record as ``failed`` (``[item name or path, reason]``); a batch with no good item
+    is skipped (``skipped`` counts them). An epoch with no good item at all is an error.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -366,7 +406,7 @@ def train(
     if path is not None:  # temp checkpoints a killed run left beside this one
         files.remove_stale_temps(path.parent, name=glob.escape(path.name), recursive=False)
     history = _resume(path, key, model, opt, scaler) if path is not None else []
-    collate = _Items(transform)
+    collate = _Items(transform, num_classes)
     devices = [dev] if dev.type == "cuda" else []
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     try:
@@ -399,7 +439,7 @@ def _epoch(model: nn.Module, dataset: Dataset, s: Settings, epoch: int,
     per = _batches(n, s)
     total = per * s.epochs
     torch.manual_seed(_epoch_seed(s.seed, epoch) + 1)  # dropout and other in-model randomness
-    loader = DataLoader(Subset(dataset, _epoch_order(n, s, epoch)),
+    loader = DataLoader(Subset(_Tagged(dataset), _epoch_order(n, s, epoch)),
                         batch_size=min(s.batch_size, n), shuffle=False, collate_fn=collate,
                         num_workers=num_workers)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.autocast or "")
@@ -409,16 +449,34 @@ def _epoch(model: nn.Module, dataset: Dataset, s: Settings, epoch: int,
 
         bar = tqdm(total=per, desc=f"epoch {epoch + 1}/{s.epochs}", unit="step")
     model.train()
-    loss_sum, right, seen = 0.0, 0, 0
-    for i, (x, y) in enumerate(loader):
+    loss_sum, right, seen, skipped = 0.0, 0, 0, 0
+    failed: dict[int, str] = {}
+    for i, (x, y, idx, bad) in enumerate(loader):
+        failed.update(bad)
         rate = s.lr * lr_factor(epoch * per + i, total, s.warmup)
         for g in opt.param_groups:
             g["lr"] = rate * g["lr_mult"]
+        if x is None:
+            skipped += 1
+            if bar is not None:
+                bar.update(1)
+            continue
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
+        out = y < logits.shape[1]  # num_classes not given: the model's outputs bound labels
+        if not bool(out.all()):
+            c = logits.shape[1]
+            failed.update((idx[j], f"label {int(y[j])} is outside the model's {c} outputs; "
+                           "left out") for j in (~out).nonzero().flatten().tolist())
+            logits, y = logits[out], y[out]
+            if len(y) == 0:
+                skipped += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -433,8 +491,13 @@ def _epoch(model: nn.Module, dataset: Dataset, s: Settings, epoch: int,
             bar.update(1)
     if bar is not None:
         bar.close()
+    report = [[item_name(dataset, j), why] for j, why in sorted(failed.items())]
+    if seen == 0:
+        raise DatasetError(f"no item of epoch {epoch + 1} could be used ({len(report)} left out"
+                           + (f", e.g. {report[0][0]}: {report[0][1]})" if report else ")"))
     return {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
-            "accuracy": 100.0 * right / max(1, seen), "steps": per}
+            "accuracy": 100.0 * right / max(1, seen), "steps": per, "failed": report,
+            "skipped": skipped}
 
 
 def fine_tune(
@@ -457,8 +520,9 @@ def fine_tune(
 
     ``settings`` are :class:`Settings` fields (``batch_size``, ``optimizer``, ``new_lr_mult``,
     ``autocast``, ``seed``, ...). ``classes`` and ``transform`` go to the returned
-    :class:`GapNet` (``transform`` also preprocesses PIL items). The per-epoch records are in
-    ``net.history``.
+    :class:`GapNet` (``transform`` also preprocesses PIL items; ``classes`` also bounds the
+    labels: items outside them are reported and left out, see :func:`train`). The per-epoch
+    records are in ``net.history``.
 
     Example:
         >>> import torchvision
@@ -478,7 +542,8 @@ def fine_tune(
     s = Settings(epochs=epochs, lr=lr, **settings)
     work = copy.deepcopy(model)
     history = train(work, dataset, s, checkpoint=checkpoint, device=device, transform=transform,
-                    num_workers=num_workers, progress=progress, callback=callback)
+                    num_workers=num_workers, progress=progress, callback=callback,
+                    num_classes=len(classes) if classes is not None else None)
     if s.channels_last:
         work.to(memory_format=torch.contiguous_format)
     if probe_size is None and transform is not None:

@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from safetensors.torch import save as st_save
 from torch import nn  # noqa: F401  (the examples)
 from torch.utils.data import Dataset, Subset
 
-from camviz.datasets import Prepared, SkipBad, read_rows
+from camviz.datasets import Prepared, SkipBad, as_item, item_name, read_classes
 from camviz.errors import CamvizError, DatasetError, HeadError
 from camviz.files import store_in_cache, writable_cache, write_bytes
 from camviz.gapnet import GapNet, trunk_fingerprint
@@ -65,7 +66,7 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-_FORMAT = 2  # of the feature cache files (2: uint8 items are pixels, as in net.run)
+_FORMAT = 3  # of the feature cache files (2: uint8 items are pixels; 3: row positions, names)
 
 
 # ------------------------------------------------------------------------------ pooled features
@@ -75,12 +76,14 @@ _FORMAT = 2  # of the feature cache files (2: uint8 items are pixels, as in net.
 class Pooled:
     """Pooled features of a dataset: ``features`` (N, K) float32 on the network's device (what
     the head reads), ``labels`` (N,) int64 (-1: none), ``classes`` (the dataset's class names, or
-    None when it has none), ``failed`` ((item, reason) of items that could not be read)."""
+    None when it has none), ``failed`` ((item name or path, reason) of the items left out),
+    ``index`` ((N,) int64: the dataset position of each row; None if unknown)."""
 
     features: Tensor
     labels: Tensor
     classes: list[str] | None = None
     failed: list[tuple[Any, str]] = field(default_factory=list)
+    index: Tensor | None = None
 
 
 def features_cache_dir() -> Path:
@@ -110,19 +113,22 @@ def dataset_classes(dataset: Any) -> list[str] | None:
     meta = getattr(dataset, "meta", None)
     for folder in (getattr(dataset, "root", None), getattr(meta, "metadata_dir", None)):
         if folder is not None and (Path(folder) / "classes.txt").is_file():
-            return _read_classes(Path(folder) / "classes.txt")
+            return read_classes(Path(folder) / "classes.txt")
     inner = getattr(dataset, "dataset", None)
     return dataset_classes(inner) if inner is not None else None
 
 
-def _read_classes(path: Path) -> list[str]:
-    rows = [cells for _, cells in read_rows(path) if cells and cells[0]]
-    if rows and all(len(r) >= 2 and r[0].isdigit() for r in rows):
-        table = {int(r[0]): ",".join(r[1:]) for r in rows}
-        if sorted(table) != list(range(len(table))):
-            raise DatasetError(f"{path}: class indices must be 0..{len(table) - 1}, each once")
-        return [table[i] for i in range(len(table))]
-    return [",".join(r) for r in rows]
+class _Positions(Dataset):
+    """Items as dicts that carry their dataset position (``"position"``): which rows are which."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**as_item(self.dataset[i]), "position": i}
 
 
 def _head_input(net: GapNet, pooled: Tensor) -> Tensor:
@@ -186,9 +192,10 @@ def pool_features(
         except CamvizError:
             pass  # a damaged cache entry is recomputed and replaced
     transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone
-    loader = make_loader(SkipBad(Prepared(dataset, transform)), transform, batch_size,
-                         num_workers, pin_memory=net.device.type == "cuda")
-    feats, labels, failed = [], [], []
+    loader = make_loader(SkipBad(Prepared(_Positions(dataset), transform),
+                                 describe=partial(item_name, dataset)),
+                         transform, batch_size, num_workers, pin_memory=net.device.type == "cuda")
+    feats, labels, index, failed = [], [], [], []
     from tqdm.auto import tqdm  # on use: tqdm.auto loads ipywidgets, and import camviz is light
 
     with torch.inference_mode(), tqdm(total=len(dataset), desc="camviz pool", unit="img",
@@ -199,11 +206,13 @@ def pool_features(
                 res = net.run(batch["image"].to(net.device, non_blocking=True), autocast=autocast)
                 feats.append(_head_input(net, res.pooled()))
                 labels.append(batch["label"])
+                index.append(torch.as_tensor(batch["position"], dtype=torch.int64))
             bar.update(len(batch.get("label", [])) + len(batch["failed"]))
     if not feats:
         raise DatasetError(f"no item of the dataset could be read ({len(failed)} failed, e.g. "
                            f"{failed[0] if failed else None})")
-    out = Pooled(torch.cat(feats).clone(), torch.cat(labels), dataset_classes(dataset), failed)
+    out = Pooled(torch.cat(feats).clone(), torch.cat(labels), dataset_classes(dataset), failed,
+                 torch.cat(index))
     if target is not None:
         store_in_cache(lambda t: _save_pooled(out, t), target, "feature")
     return out
@@ -214,6 +223,8 @@ def _save_pooled(p: Pooled, target: Path) -> None:
             "failed": json.dumps([[str(a), str(b)] for a, b in p.failed])}
     tensors = {"features": p.features.detach().float().cpu().contiguous(),
                "labels": p.labels.cpu().contiguous()}
+    if p.index is not None:
+        tensors["index"] = p.index.cpu().contiguous()
     write_bytes(target, st_save(tensors, metadata=meta))
 
 
@@ -222,12 +233,39 @@ def _load_pooled(path: Path, device: torch.device) -> Pooled:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             x, y = f.get_tensor("features"), f.get_tensor("labels")
+            stored = set(f.keys())
+            index = f.get_tensor("index") if "index" in stored else None
         classes, failed = json.loads(meta["classes"]), json.loads(meta["failed"])
     except (OSError, SafetensorError, KeyError, ValueError) as err:
         raise CamvizError(f"damaged feature cache {path}: {err}") from None
-    if meta.get("format") != str(_FORMAT) or x.ndim != 2 or y.shape != (x.shape[0],):
+    if meta.get("format") != str(_FORMAT) or x.ndim != 2 or y.shape != (x.shape[0],) or (
+            index is not None and index.shape != y.shape):
         raise CamvizError(f"damaged feature cache {path}")
-    return Pooled(x.to(device), y.to(torch.int64), classes, [tuple(f) for f in failed])
+    return Pooled(x.to(device), y.to(torch.int64), classes, [tuple(f) for f in failed],
+                  None if index is None else index.to(torch.int64))
+
+
+def _labelled(pooled: Pooled, c: int, dataset: Any) -> Pooled:
+    """The rows of ``pooled`` whose label is one of the ``c`` classes; the others (no label,
+    or a label outside ``0..c-1``) are added to ``failed`` by item name and left out. All rows
+    unlabelled, or none left, is a :class:`DatasetError` (nothing to fit)."""
+    y = pooled.labels
+    keep = (y >= 0) & (y < c)
+    if bool(keep.all()) or not bool((y >= 0).any()):
+        return pooled  # all usable, or no labels at all (check_labels says so)
+    pos = pooled.index.tolist() if pooled.index is not None else list(range(len(y)))
+    bad = [(item_name(dataset, pos[j]),
+            "no class label; left out of the fit" if int(y[j]) < 0 else
+            f"label {int(y[j])} is outside 0..{c - 1} (the {c} classes); left out of the fit")
+           for j in (~keep).nonzero().flatten().tolist()]
+    failed = pooled.failed + bad
+    if not bool(keep.any()):
+        raise DatasetError(f"no item has a label in 0..{c - 1} (the {c} classes): {len(bad)} "
+                           f"left out, e.g. {bad[0][0]}: {bad[0][1]}; label the images with "
+                           "the classes")
+    k = keep.nonzero().flatten()
+    return Pooled(pooled.features[k.to(pooled.features.device)], y[k], pooled.classes, failed,
+                  None if pooled.index is None else pooled.index[k])
 
 
 # ------------------------------------------------------------------------------ heads on nets
@@ -236,7 +274,8 @@ def _load_pooled(path: Path, device: torch.device) -> Pooled:
 @dataclass
 class HeadFit:
     """What :func:`fit_head_details` returns: the new ``net``, the ``fit`` (:class:`LinearFit`:
-    chosen l2, held-out and training accuracy) and the ``pooled`` features it was fitted on."""
+    chosen l2, held-out and training accuracy) and the ``pooled`` features it was fitted on
+    (``pooled.failed``: the items left out, unreadable or without one of the classes)."""
 
     net: GapNet
     fit: LinearFit
@@ -269,6 +308,7 @@ def fit_head_details(
     pooled = pool_features(net, dataset, batch_size, num_workers, cache, progress, autocast)
     names = list(classes) if classes is not None else pooled.classes
     c = len(names) if names is not None else int(pooled.labels.max()) + 1
+    pooled = _labelled(pooled, c, dataset)  # items without one of the c labels: reported, left out
     fit = fit_linear(pooled.features, pooled.labels, c, loss, l2, holdout, seed,
                      classes=names, progress=progress)
     return HeadFit(net.with_head(fit.linear(), names), fit, pooled)
@@ -291,9 +331,12 @@ def fit_head(
     """A new linear head for ``dataset``'s classes on ``net``'s frozen trunk.
 
     :func:`pool_features` (cached), then :func:`fit_linear` (``loss``, ``l2``, ``holdout``,
-    ``seed``); returns ``net.with_head(linear, classes)``, sharing the trunk. ``classes``: the
-    class names, by default the dataset's (:func:`dataset_classes`: an ImageFolder's folders,
-    a metadata folder's ``classes.txt``), else "class i" for labels ``0 .. max``.
+    ``seed``); returns ``net.with_head(linear, classes)``, sharing the trunk. An item that
+    cannot be read, has no label or a label outside the classes is reported (by its path, in
+    :func:`fit_head_details`'s ``pooled.failed``) and left out; the fit goes on with the rest.
+    ``classes``: the class names, by default the dataset's (:func:`dataset_classes`: an
+    ImageFolder's folders, a metadata folder's ``classes.txt``), else "class i" for labels
+    ``0 .. max``.
     :func:`fit_head_details` also returns the fit (held-out accuracy, chosen ``l2``).
 
     Example:

@@ -103,8 +103,9 @@ def check_labels(labels: Tensor, num_classes: int, classes: Sequence[str] | None
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise DatasetError(f"{int(bad.sum())} labels are outside 0..{num_classes - 1} (the "
-                           f"classes), e.g. item {i} has label {int(labels[i])}; label every "
-                           "image with one of the classes (-1: no label)")
+                           f"classes), e.g. row {i} of the labels is {int(labels[i])}; leave out "
+                           "the rows without one of the classes (fit_head does so, reporting "
+                           "each item)")
     counts = torch.bincount(labels, minlength=num_classes)
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:

@@ -392,7 +392,7 @@ def test_bool_int64_complex_and_nan_items_are_reported_and_skipped(tiny_net):
     ref = scan(tiny_net, [items[i] for i in good], batch_size=8, cache=False, progress=False)
     assert st.num_images == 3 and torch.equal(st.label_count, ref.label_count)
     p = pool_features(tiny_net, items, cache=False, progress=False)
-    assert sorted(i for i, _ in p.failed) == [1, 2, 4, 5]
+    assert sorted(i for i, _ in p.failed) == ["item 1", "item 2", "item 4", "item 5"]
     p_ref = pool_features(tiny_net, [items[i] for i in good], cache=False, progress=False)
     assert torch.equal(p.features, p_ref.features) and p.labels.tolist() == [0, 3, 1]
 
@@ -422,7 +422,7 @@ def test_one_strip_too_long_to_resize_is_reported_and_the_rest_of_its_batch_kept
     assert listed.num_images == 3 and [f[0] for f in listed.meta["failed"]] == ["item 3"]
     p = pool_features(tiny_net, ImageFolder(root), batch_size=4, cache=False, progress=False)
     assert p.features.shape[0] == 3 and len(p.failed) == 1
-    assert p.failed[0][0] == 3 and p.failed[0][1].startswith(bound)
+    assert p.failed[0][0] == str(strip) and p.failed[0][1].startswith(bound)
 
 
 def test_an_unwritable_kernel_cache_warns_and_compiles_in_memory(tmp_path):

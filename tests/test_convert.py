@@ -477,3 +477,58 @@ def test_python_m_camviz_fine_tune_trains(tmp_path: Path) -> None:
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert load_converted(out, device="cpu").num_units == 8
+
+
+# ---------------------------------------------------------------------------------- bad items
+
+
+def test_a_truncated_image_and_a_label_out_of_range_are_reported_and_skipped(
+        tmp_path: Path, capsys) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(FIXTURE, root)
+    bad = root / "images" / "000001.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
+    labels = root / "class_labels.txt"
+    lines = labels.read_text().splitlines()
+    lines[2] = lines[2].split(",")[0] + ",99"
+    labels.write_text("\n".join(lines) + "\n")
+    data = PartsFolder(root, transform=SMALL)
+    classes = dataset_classes(data)
+    torch.manual_seed(0)
+    gap = to_gap(tiny_fc(), width=8)
+    net = fine_tune(gap, data, epochs=2, lr=1e-2, batch_size=8, device="cpu", progress=False,
+                    classes=classes, transform=SMALL)
+    for rec in net.history:
+        failed = dict(rec["failed"])
+        one, two = str(root / "images" / "000001.png"), str(root / "images" / "000002.png")
+        assert sorted(failed) == [one, two]
+        assert failed[two] == (
+            f"label 99 is outside 0..{len(classes) - 1} (the {len(classes)} classes); left out")
+        assert "000001.png" in failed[one] or "truncated" in failed[one]
+        assert rec["loss"] == rec["loss"] and rec["skipped"] == 0
+    # the CLI goes on and says so in its summary
+    assert main(["fine-tune", "--model", "tiny-fc", "--weights", "none", "--to-gap", "--width",
+                 "8", "--data", str(root), "--out", str(tmp_path / "o.safetensors"),
+                 "--epochs", "1", "--batch-size", "8", "--device",
+                 "cpu", "--no-progress"]) == 0
+    assert f"camviz fine-tune: 2 item(s) left out, e.g. {root}" in capsys.readouterr().out
+
+
+def test_a_batch_with_no_good_item_is_skipped_and_no_good_item_at_all_is_an_error() -> None:
+    x = torch.randn(8, 3, 4, 4)
+    y = torch.tensor([0, 1, 0, 1, 5, 5, 5, 5])  # labels 5: outside the 2 outputs
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    s = Settings(epochs=1, batch_size=4, steps_per_epoch=2, lr=1e-2, warmup=0.0)
+    hist = train(model, TensorDataset(x, y), s, device="cpu", progress=False)
+    assert hist[0]["skipped"] <= 1 and sorted(n for n, _ in hist[0]["failed"]) == [
+        "item 4", "item 5", "item 6", "item 7"]
+    assert hist[0]["failed"][0][1] == "label 5 is outside the model's 2 outputs; left out"
+    one = TensorDataset(x[[4, 5, 6, 7, 0, 1, 2, 3]], y[[4, 5, 6, 7, 0, 1, 2, 3]])
+    assert train(model, one, Settings(epochs=1, batch_size=4, steps_per_epoch=1, seed=3),
+                 device="cpu", progress=False)[0]["epoch"] == 1
+    with pytest.raises(DatasetError, match=r"no item of epoch 1 could be used \(8 left out, "
+                                           r"e.g. item 0: no class label"):
+        train(model, TensorDataset(x, torch.full((8,), -1)), s, device="cpu", progress=False)

@@ -284,3 +284,62 @@ def test_demo_fixture_as_torch_dataset():
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
     assert batch["image"].shape == (4, 3, 64, 64)
     assert isinstance(batch["label"], torch.Tensor) and len(batch["boxes"]) == 4
+
+
+def test_image_files_refuse_an_id_listed_twice(tmp_path):
+    from camviz.datasets import image_files
+
+    for n in "ab":
+        _img(tmp_path / f"{n}.png")
+    (tmp_path / "image_ids.txt").write_text("a.png\nb.png\na.png\n")
+    with pytest.raises(DatasetError, match=r"image_ids.txt:3: 'a.png' is listed twice \(also "
+                                           r"on line 1\)"):
+        image_files(tmp_path)
+
+
+_BYTES = st.binary(max_size=200) | st.sampled_from(
+    [b"\xef\xbb\xbf0,a\r\n1,b\r\n", b"0,a\n0,b\n", b"a\x00\n", b"caf\xe9\n", b"", b"1,a\n"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_BYTES, _BYTES)
+def test_arbitrary_parts_split_and_classes_bytes_give_a_result_or_a_camviz_error(parts, split):
+    import tempfile
+
+    from camviz.datasets import PartsFolder, read_classes
+    from camviz.errors import CamvizError
+
+    root = Path(tempfile.mkdtemp())
+    _img(root / "x.png")
+    _mask(root / "m.png", np.zeros((10, 20)))
+    (root / "image_ids.txt").write_bytes(b"x.png\n")
+    (root / "class_labels.txt").write_bytes(b"x.png,0\n")
+    (root / "parts.txt").write_bytes(b"x.png,wheel,m.png\n" + parts)
+    (root / "split.json").write_bytes(split)
+    try:
+        ds = PartsFolder(root)
+        assert all(isinstance(n, str) for n in ds.part_names)
+    except CamvizError:
+        pass
+    (root / "classes.txt").write_bytes(parts)
+    try:
+        names = read_classes(root / "classes.txt")
+        assert names and all(isinstance(n, str) and n for n in names)
+    except CamvizError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM"]))
+def test_arbitrary_mask_bytes_give_a_mask_or_a_dataset_error(data, magic):
+    import tempfile
+
+    from camviz.datasets import load_mask
+
+    p = Path(tempfile.mkdtemp()) / "m.png"
+    p.write_bytes(magic + data)
+    try:
+        m = load_mask(p)
+    except DatasetError:
+        return
+    assert m.dtype == bool and m.ndim == 2

@@ -25,7 +25,7 @@ from camviz.datasets import ImageFolder, WsolDataset, WsolMetadata
 from camviz.errors import DatasetError, HeadError
 from camviz.gapnet import trunk_fingerprint
 from camviz.headfile import read_head
-from camviz.heads import dataset_classes, fit_head_details, pool_features
+from camviz.heads import dataset_classes, fit_head, fit_head_details, pool_features
 from camviz.linearfit import fit_linear
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
@@ -135,7 +135,7 @@ def test_one_class_empty_class_labels_out_of_range_and_no_labels_are_errors():
         fit_linear(x, torch.zeros(6, dtype=torch.long), 1, classes=["cat"])
     with pytest.raises(DatasetError, match=r"class 1 \(dog\) has no image"):
         fit_linear(x, torch.tensor([0, 0, 0, 2, 2, 2]), 3, classes=["cat", "dog", "owl"])
-    with pytest.raises(DatasetError, match=r"1 labels are outside 0..1 .* item 5 has label 7"):
+    with pytest.raises(DatasetError, match=r"outside 0..1 .* row 5 of the labels is 7"):
         fit_linear(x, torch.tensor([0, 1, 0, 1, 0, 7]), 2)
     with pytest.raises(DatasetError, match="the images have no labels"):
         fit_linear(x, torch.full((6,), -1), 2)
@@ -249,7 +249,7 @@ def test_a_bad_item_is_reported_and_skipped(tiny_net):
             return torch.rand(3, 32, 32), i % 2
 
     p = pool_features(tiny_net, Flaky(), batch_size=4, cache=False, progress=False)
-    assert p.failed == [(4, "truncated file")] and p.labels.tolist() == [0, 1, 0, 1, 1]
+    assert p.failed == [("item 4", "truncated file")] and p.labels.tolist() == [0, 1, 0, 1, 1]
 
 
 def test_class_names_come_from_the_dataset(tmp_path):
@@ -492,3 +492,65 @@ def test_every_one_model_command_loads_the_head_it_is_given(tmp_path, monkeypatc
         assert main([*argv, "--model", "demo", "--device", "cpu", "--head", head]) == 2, name
         assert f"spy: head {head} on 128 units" in capsys.readouterr().err, name
     assert len(seen) == len(commands) and not (tmp_path / "out").exists()
+
+
+def test_items_without_one_of_the_classes_are_reported_by_path_and_left_out(tiny_net, tmp_path):
+    from camviz.datasets import ImageFiles
+
+    g = torch.Generator().manual_seed(0)
+    paths, labels = [], [0, 1, 99, 0, 1, -1, 0, 1, 0, 1]
+    for i in range(len(labels)):
+        p = tmp_path / f"{i:02d}.png"
+        Image.fromarray((torch.rand(8, 8, 3, generator=g) * 255).byte().numpy()).save(p)
+        paths.append(p)
+
+    class Labelled(ImageFiles):
+        def __init__(self, keep):
+            super().__init__([paths[i] for i in keep])
+            self.y = [labels[i] for i in keep]
+
+        def __getitem__(self, i):
+            return {**super().__getitem__(i), "label": self.y[i]}
+
+    good = [i for i, y in enumerate(labels) if y in (0, 1)]
+    r = fit_head_details(tiny_net, Labelled(range(len(labels))), l2=1e-3, classes=["a", "b"],
+                         cache=tmp_path / "c", progress=False)
+    assert r.pooled.failed == [
+        (str(paths[2]), "label 99 is outside 0..1 (the 2 classes); left out of the fit"),
+        (str(paths[5]), "no class label; left out of the fit")]
+    ref = fit_head_details(tiny_net, Labelled(good), l2=1e-3, classes=["a", "b"], cache=False,
+                           progress=False)
+    assert torch.equal(r.pooled.features, ref.pooled.features)
+    assert r.pooled.index.tolist() == good
+    assert torch.equal(r.fit.weight, ref.fit.weight) and torch.equal(r.fit.bias, ref.fit.bias)
+    again = fit_head_details(tiny_net, Labelled(range(len(labels))), l2=1e-3,
+                             classes=["a", "b"], cache=tmp_path / "c", progress=False)
+    assert again.pooled.failed == r.pooled.failed  # from the cache: same rows, same names
+    assert torch.equal(again.fit.weight, r.fit.weight)
+    with pytest.raises(DatasetError, match=r"no item has a label in 0..1 .*/02.png: label 99"):
+        fit_head(tiny_net, Labelled([2, 5]), classes=["a", "b"], cache=False, progress=False)
+    with pytest.raises(DatasetError, match=r"class 1 \(b\) has no image"):
+        fit_head(tiny_net, Labelled([0, 2, 3]), classes=["a", "b"], l2=1e-3, cache=False,
+                 progress=False)
+
+
+def test_classes_txt_quirks_give_the_names_or_an_error_naming_file_and_line(tmp_path):
+    def classes(data: bytes):
+        (tmp_path / "classes.txt").write_bytes(data)
+        return dataset_classes(type("D", (), {"root": tmp_path})())
+
+    assert classes(b"\xef\xbb\xbf0,cat\r\n1,dog\r\n") == ["cat", "dog"]
+    assert classes(b"1,dog\n\n0,cat\n") == ["cat", "dog"]
+    for data, message in [
+        (b"0,cat\n1,dog\n0,owl\n", r"classes.txt:3: class index 0 is listed twice \(also on "
+                                   r"line 1\)"),
+        (b"cat\ndog\ncat\n", r"classes.txt:3: class 'cat' is listed twice"),
+        (b"0,cat\ndog\n", r"classes.txt:2: 'dog' mixes plain names with index,name lines"),
+        (b"0,cat\n2,dog\n", r"classes.txt: class indices must be 0..1, each once; 1 is missing"),
+        (b"0,cat\n1,\n", r"classes.txt:2: no class name"),
+        (b"", r"classes.txt names no class"),
+        (b"0,cat\n1,d\x00g\n", r"classes.txt:2: a NUL byte"),
+        (b"0,caf\xe9\n", r"classes.txt:1: not UTF-8 text"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            classes(data)

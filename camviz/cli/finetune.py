@@ -118,6 +118,10 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
     for rec in net.history:
         print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}, train accuracy "
               f"{rec['accuracy']:.1f}%")
+    left_out = {name: why for rec in net.history for name, why in rec.get("failed", [])}
+    if left_out:
+        name, why = next(iter(left_out.items()))
+        print(f"camviz fine-tune: {len(left_out)} item(s) left out, e.g. {name}: {why}")
     print(f"output: {out.resolve()} (load it with camviz.convert.load_converted({str(out)!r}); "
           f"resume file {ckpt})")
     return 0

@@ -22,7 +22,7 @@ from camviz.datasets.batches import (
     item_name,
 )
 from camviz.datasets.folders import ImageFiles, ImageFolder, PartsFolder, image_files
-from camviz.datasets.paths import parse_int, read_rows, safe_join
+from camviz.datasets.paths import parse_int, read_classes, read_rows, safe_join
 from camviz.datasets.specs import (
     DEFAULT_N,
     demo_split,
@@ -51,6 +51,7 @@ __all__ = [
     "load_mask",
     "parse_int",
     "parse_spec",
+    "read_classes",
     "read_rows",
     "resolve_data",
     "resolve_metadata",

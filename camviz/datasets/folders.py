@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from camviz.datasets.paths import read_rows, safe_join, where
-from camviz.datasets.wsol import WsolMetadata, load_mask
+from camviz.datasets.wsol import WsolMetadata, load_mask, read_ids
 from camviz.errors import DatasetError
 from camviz.images import IMAGE_SUFFIXES, list_images, load_image
 
@@ -188,7 +188,8 @@ class PartsFolder(Dataset):
 
 
 def image_files(root: Path) -> ImageFiles:
-    """The images of a folder (recursively) or listed in its ``image_ids.txt``.
+    """The images of a folder (recursively) or listed in its ``image_ids.txt`` (an id listed
+    twice is refused with :class:`DatasetError` naming the file and line).
 
     Example:
         >>> import tempfile
@@ -199,7 +200,7 @@ def image_files(root: Path) -> ImageFiles:
     """
     ids = root / "image_ids.txt"
     if ids.is_file():
-        return ImageFiles([safe_join(root, r[0]) for _, r in read_rows(ids)])
+        return ImageFiles([safe_join(root, i) for i in read_ids(ids)])
     return ImageFiles(list_images([root]))
 
 

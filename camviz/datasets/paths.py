@@ -13,7 +13,8 @@ from pathlib import Path
 
 from camviz.errors import DatasetError, UnsafePath
 
-__all__ = ["safe_join", "read_rows", "where", "parse_int", "parse_coord", "Row", "MAX_COORD"]
+__all__ = ["safe_join", "read_rows", "read_classes", "where", "parse_int", "parse_coord", "Row",
+           "MAX_COORD"]
 
 
 def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
@@ -138,3 +139,54 @@ def parse_coord(text: str, where: str) -> int:
     if not math.isfinite(value) or abs(value) > MAX_COORD:
         raise DatasetError(f"{where}: box coordinate {text!r} is not a finite pixel position")
     return int(value)
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class names of a ``classes.txt``: ``index,name`` lines (indices ``0..N-1``, each
+    once, in any order) or one name a line (in class order); a comma in a name is kept. Read
+    with :func:`read_rows` (BOM and CRLF accepted; NUL bytes, text that is not UTF-8 refused).
+    An empty file, a line without a name, a repeated index or name, or a file that mixes both
+    forms raises :class:`DatasetError` naming the file and line.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "classes.txt"
+        >>> _ = p.write_text("1,dog\\n0,cat\\n")
+        >>> read_classes(p)
+        ['cat', 'dog']
+        >>> _ = p.write_text("0,cat\\n0,dog\\n")
+        >>> read_classes(p)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.DatasetError: ...classes.txt:2: class index 0 is listed twice (also on ...
+    """
+    rows = read_rows(path)
+    if not rows:
+        raise DatasetError(f"{path} names no class; write one class a line (index,name or name)")
+    indexed = _has_index(rows[0][1])
+    table: dict[int, tuple[str, int]] = {}
+    seen: dict[str, int] = {}
+    for n, cells in rows:
+        if _has_index(cells) != indexed:
+            raise DatasetError(f"{where(path, n)}: {','.join(cells)!r} mixes plain names with "
+                               "index,name lines; use one form for the whole file")
+        index, name = (int(cells[0]), ",".join(cells[1:])) if indexed else (len(table),
+                                                                             ",".join(cells))
+        if not name:
+            raise DatasetError(f"{where(path, n)}: no class name; write index,name")
+        if index in table:
+            raise DatasetError(f"{where(path, n)}: class index {index} is listed twice (also on "
+                               f"line {table[index][1]}); give each index once")
+        if name in seen:
+            raise DatasetError(f"{where(path, n)}: class {name!r} is listed twice (also on line "
+                               f"{seen[name]}); give each class once")
+        table[index], seen[name] = (name, n), n
+    missing = sorted(set(range(len(table))) - set(table))
+    if missing:
+        raise DatasetError(f"{path}: class indices must be 0..{len(table) - 1}, each once; "
+                           f"{missing[0]} is missing")
+    return [table[i][0] for i in range(len(table))]
+
+
+def _has_index(cells: list[str]) -> bool:
+    return len(cells) >= 2 and cells[0].isascii() and cells[0].isdigit()

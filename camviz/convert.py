@@ -30,7 +30,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from camviz.errors import CamvizError, NotAGapNetwork, WeightsUnavailable
+from camviz.files import temp_name
 from camviz.gapnet import GapNet
 from camviz.images import Preprocess
 from camviz.registry import Adapter, register_adapter
@@ -421,15 +421,12 @@ def save_converted(model: GapConverted, path: str | os.PathLike[str],
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    os.close(fd)
+    tmp = temp_name(path)  # a killed run's leftover is found by remove_stale_temps
     try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.chmod(tmp, 0o644)  # a model file to share (mkstemp makes it owner-only)
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 

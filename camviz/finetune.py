@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.errors import CamvizError, DatasetError
+from camviz.files import temp_name
 from camviz.gapnet import GapNet, resolve_device
 from camviz.images import Preprocess
 
@@ -242,14 +242,12 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    os.close(fd)
+    tmp = temp_name(path)  # a killed run's leftover is found by remove_stale_temps
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _load_checkpoint(path: Path, key: dict[str, str]) -> dict[str, Any] | None:

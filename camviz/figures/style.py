@@ -29,6 +29,7 @@ from matplotlib.patches import Rectangle
 
 from camviz.errors import CamvizError
 from camviz.figures.sizes import figure_format, figure_width
+from camviz.files import temp_name
 
 #: The rcParams every figure is drawn and saved under. DejaVu Sans ships with matplotlib, so
 #: the text measures the same on every machine; change this dict to restyle every figure.
@@ -132,7 +133,7 @@ def save(fig: Figure, path: str | os.PathLike[str], dpi: float = 300) -> Path:
     if not np.isfinite(dpi) or dpi <= 0:
         raise CamvizError(f"dpi must be > 0, got {dpi}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+    tmp = temp_name(p)  # found and removed by the next run if this one is killed
     try:
         with mpl.rc_context(STYLE):
             fig.savefig(tmp, format=fmt, dpi=dpi, backend=_BACKENDS[fmt],

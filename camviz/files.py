@@ -22,12 +22,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["TMP_PREFIX", "atomic_open", "write_bytes", "write_text", "save_image",
+__all__ = ["TMP_PREFIX", "temp_name", "atomic_open", "write_bytes", "write_text", "save_image",
            "remove_stale_temps", "pid_alive", "umask_mode", "writable_cache",
            "store_in_cache"]
 
 #: Prefix of every temporary file camviz writes (``.camviz-tmp-<pid>-<random>-<name>``).
 TMP_PREFIX = ".camviz-tmp-"
+
+
+def temp_name(path: str | os.PathLike[str]) -> Path:
+    """A fresh temporary path beside ``path`` (``TMP_PREFIX<pid>-<random>-<name>``), for a
+    writer that takes a file name; :func:`remove_stale_temps` finds it after a kill.
+
+    Example:
+        >>> temp_name("out/a.npz").name.startswith(TMP_PREFIX), temp_name("a.npz").name[-6:]
+        (True, '-a.npz')
+    """
+    target = Path(path)
+    return target.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
 
 
 @contextmanager
@@ -45,7 +57,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
+    tmp = temp_name(target)
     enc = {} if "b" in mode else {"encoding": "utf-8"}
     try:
         with open(tmp, mode.replace("w", "x"), **enc) as fh:  # a fresh file, umask permissions

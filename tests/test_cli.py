@@ -324,3 +324,166 @@ def test_a_line_that_is_not_utf8_counts_as_damaged_and_its_image_is_redone(tmp_p
     assert "dropped 1 damaged line(s); their images are redone" in captured.err
     recs = _records(out)  # readable again: every line UTF-8 JSON, one record per image
     assert sorted(r["image"] for r in recs) == sorted(map(str, paths))
+
+
+# ------------------------------------------------------- output locations and counts, checked first
+
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "demo-fixture"
+_DEMO = ["--model", "demo", "--weights", "none", "--device", "cpu", "--no-progress"]
+# each command with the out path it gets; True where --out is a file, False where a folder
+_COMMANDS = {
+    "scan": (lambda o: ["scan", *_DEMO, "--data", "demo:test:8", "--out", o], True),
+    "dissect": (lambda o: ["dissect", *_DEMO, "--data", "demo:test:8", "--out", o], False),
+    "fit-head": (lambda o: ["fit-head", *_DEMO, "--data", "demo-novel:train:8", "--out", o],
+                 True),
+    "figure": (lambda o: ["figure", "top-classes", "a.png", "--model", "demo", "--weights",
+                          "none", "--device", "cpu", "--out", o], True),
+    "figure-curves": (lambda o: ["figure", "curves", "--model", "demo", "--model", "demo-gmp",
+                                 "--device", "cpu", "--data", "demo:test:8", "--out", o], True),
+    "fine-tune": (lambda o: ["fine-tune", "--model", "demo-fc", "--to-gap", "--weights", "none",
+                             "--data", "demo:train:8", "--device", "cpu", "--out", o], True),
+}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any network loaded (or data read for fine-tuning) fails the test."""
+    def ran(*args, **kwargs):
+        raise AssertionError("a network was loaded before the output was checked")
+
+    from camviz.cli import common, figure, finetune
+    for mod, name in [(common, "load_model"), (figure, "load_model"),
+                      (finetune, "load_source"), (finetune, "read_converted")]:
+        monkeypatch.setattr(mod, name, ran)
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("camviz: error: "), captured.err
+    assert "Traceback" not in captured.err and not captured.out
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_bad_out_of_every_command_fails_before_any_work(command, tmp_path, capsys,
+                                                        no_network) -> None:
+    build, is_file = _COMMANDS[command]
+    afile, adir = tmp_path / "afile", tmp_path / "adir.png"
+    afile.write_text("x")
+    adir.mkdir()
+    bad = {afile / "x.png": "is under the file"}
+    bad.update({adir: "is a folder; give the path of the file to write"} if is_file else
+               {afile: "is a file; give a folder"})
+    before = _snapshot(tmp_path)
+    for out, why in bad.items():
+        assert main(build(str(out))) == 2
+        line = _one_error_line(capsys)
+        assert f"--out {out} {why}" in line
+    assert _snapshot(tmp_path) == before  # nothing written, not even an empty folder
+
+
+def test_bad_checkpoints_fail_before_any_work(tmp_path, capsys, no_network) -> None:
+    afile, adir = tmp_path / "afile", tmp_path / "adir"
+    afile.write_text("x")
+    adir.mkdir()
+    before = _snapshot(tmp_path)
+    out = str(tmp_path / "o.npz")
+    cases = [
+        (["scan", *_DEMO, "--data", "demo:test:8", "--out", out, "--checkpoint", str(afile)],
+         f"--checkpoint {afile} is a file"),
+        (["dissect", *_DEMO, "--data", "demo:test:8", "--out", str(adir), "--checkpoint",
+          str(afile / "c")], f"--checkpoint {afile / 'c'} is under the file {afile}"),
+        (["eval", *_DEMO, "--data", "demo:test:8", "--checkpoint", str(afile)],
+         f"--checkpoint {afile} is a file"),
+        (["eval", *_DEMO, "--data", "demo:test:8", "--checkpoint", str(afile / "c")],
+         f"--checkpoint {afile / 'c'} is under the file {afile}"),
+        (_COMMANDS["fine-tune"][0](out) + ["--checkpoint", str(adir)],
+         f"--checkpoint {adir} is a folder"),
+    ]
+    # the default scan checkpoint (OUT.partial) is checked as well
+    (tmp_path / "s.npz.partial").write_text("x")
+    before = _snapshot(tmp_path)
+    cases.append((_COMMANDS["scan"][0](str(tmp_path / "s.npz")), "s.npz.partial is a file"))
+    for argv, want in cases:
+        assert main(argv) == 2, argv
+        assert want in _one_error_line(capsys)
+    assert _snapshot(tmp_path) == before
+
+
+def test_out_in_a_folder_that_takes_no_files_fails_first(tmp_path, monkeypatch, capsys,
+                                                         no_network) -> None:
+    from camviz.cli import common
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(common.tempfile, "TemporaryFile", refuse)  # a read-only folder (as root)
+    assert main(_COMMANDS["scan"][0](str(tmp_path / "new" / "s.npz"))) == 2
+    line = _one_error_line(capsys)
+    assert f"the folder {tmp_path} does not take new files (Permission denied)" in line
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["dissect", "--data", "demo:test:8", "--out", "d", "--top-k", "0"],
+    ["dissect", "--data", "demo:test:8", "--out", "d", "--top-k", "-1"],
+    ["dissect", "--data", "demo:test:8", "--out", "d", "--mask-size", "0"],
+    ["scan", "--data", "demo:test:8", "--out", "s.npz", "--workers", "-1"],
+    ["fine-tune", "--model", "demo-fc", "--to-gap", "--data", "demo:train:8", "--out", "m",
+     "--width", "0"],
+    ["eval", "--data", "demo:test:8", "--limit", "0"],
+    ["eval", "--data", "demo:test:8", "--limit", "-1"],
+    ["fit-head", "--data", "demo-novel:train:8", "--out", "h", "--workers", "-2"],
+    ["figure", "top-classes", "a.png", "--out", "f.png", "--k", "0"],
+])
+def test_counts_below_their_least_fail_in_one_line(argv, tmp_path, monkeypatch, capsys,
+                                                   no_network) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be at least" in _one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fine_tune_checks_the_device_before_reading_data(tmp_path, capsys, no_network) -> None:
+    argv = _COMMANDS["fine-tune"][0](str(tmp_path / "m.safetensors"))
+    assert main([*argv, "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in _one_error_line(capsys)
+
+
+def _stale(folder: Path, name: str) -> Path:
+    f = folder / f"{camviz.files.TMP_PREFIX}999999999-abcd1234-{name}"
+    f.write_bytes(b"left by a killed run")
+    return f
+
+
+_RUNS = {
+    "s.npz": ["scan", *_DEMO, "--data", "demo:test:8", "--no-cache"],
+    "h.safetensors": ["fit-head", *_DEMO, "--data", "demo-novel:train:8", "--no-cache"],
+    "f.png": ["figure", "top-classes", str(FIXTURE / "images" / "000000.png"), "--model", "demo",
+              "--weights", "none", "--device", "cpu", "--dpi", "30"],
+    "m.safetensors": ["fine-tune", "--model", "demo-fc", "--to-gap", "--weights", "none",
+                      "--width", "8", "--data", str(FIXTURE), "--epochs", "1", "--batch-size",
+                      "8", "--steps-per-epoch", "1", "--device", "cpu", "--no-progress"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RUNS))
+def test_a_run_removes_what_a_killed_run_left_beside_its_output(name, tmp_path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setenv("CAMVIZ_CACHE", str(tmp_path / "cache"))
+    stale, other = _stale(tmp_path, name), _stale(tmp_path, "other.npz")
+    assert main([*_RUNS[name], "--out", str(tmp_path / name)]) == 0
+    assert not stale.exists() and (tmp_path / name).is_file()
+    assert other.exists()  # another output's (its own run removes it)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(camviz.files.TMP_PREFIX)
+                and p != other]
+
+
+def test_dissect_removes_what_a_killed_run_left_in_its_folder(tmp_path) -> None:
+    stale = _stale(tmp_path, "dissection.json")
+    argv = ["dissect", *_DEMO, "--data", "demo:test:8", "--no-cache", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert not stale.exists() and (tmp_path / "dissection.json").is_file()

@@ -20,6 +20,7 @@ from torch import nn
 import camviz
 from camviz import files
 from camviz.export import save_image
+from camviz.files import TMP_PREFIX
 from camviz.widgets import Browser, box_path
 from camviz.widgets.saving import ExportBar, failure, target_path
 
@@ -157,7 +158,7 @@ def test_save_errors_show_in_the_widget(net, images, tmp_path, monkeypatch, wher
     status = b.export_status.value
     assert want in status and "saving..." not in status and "b00020" in status
     assert not b.export_button.disabled
-    assert not list(tmp_path.rglob("*.pdf")) and not list(tmp_path.rglob(".tmp-*"))
+    assert not list(tmp_path.rglob("*.pdf")) and not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
     with pytest.raises(camviz.CamvizError if where == "under a file" else PermissionError):
         b.save(Path(name).with_suffix(".pdf"))
 

@@ -9,13 +9,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 from camviz.datasets import DEFAULT_N
+from camviz.errors import CamvizError
+from camviz.files import TMP_PREFIX
 from camviz.gapnet import GapNet
 from camviz.heads import load_head
 from camviz.models import load_model
 
-__all__ = ["weights_arg", "model_args", "data_arg", "positive_int", "open_model"]
+__all__ = ["weights_arg", "model_args", "data_arg", "positive_int", "nonnegative_int",
+           "check_out_file", "check_out_dir", "open_model"]
 
 
 def weights_arg(text: str) -> str | None:
@@ -42,6 +48,79 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0 (``--workers 0``: load in this process).
+
+    Example:
+        >>> nonnegative_int("0")
+        0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def check_out_file(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Check, before any work, that the file ``path`` can be written: it is not a folder,
+    nothing on its path is a file, and its folder (or the nearest one that exists, when
+    missing folders are to be created) takes a new file. Nothing is left on disk.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> check_out_file(d / "new" / "s.npz") == d / "new" / "s.npz", (d / "new").exists()
+        (True, False)
+        >>> check_out_file(d)
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: --out ... is a folder; give the path of the file to write
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise CamvizError(f"{flag} {p} is a folder; give the path of the file to write")
+    _check_writable(p.parent, p, flag)
+    return p
+
+
+def check_out_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can be an output folder: not a file, nothing on
+    its path a file, and it (or the nearest folder above it that exists) takes a new file.
+    Nothing is created (a run that writes the folder creates it).
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkstemp()[1])
+        >>> check_out_dir(f / "sub", "--checkpoint")
+        Traceback (most recent call last):
+        ...
+        camviz.errors.CamvizError: --checkpoint ... is under the file ...; give a path in a folder
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CamvizError(f"{flag} {p} is a file; give a folder (it is created if missing)")
+    _check_writable(p, p, flag)
+    return p
+
+
+def _check_writable(folder: Path, path: Path, flag: str) -> None:
+    """Raise unless ``folder`` is, or can be created as, a folder that takes a new file."""
+    near = folder
+    while not near.is_dir() and not near.exists() and near != near.parent:
+        near = near.parent
+    if not near.is_dir():
+        raise CamvizError(f"{flag} {path} is under the file {near}; give a path in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=near, prefix=TMP_PREFIX):
+            pass
+    except OSError as err:
+        raise CamvizError(f"cannot write {flag} {path}: the folder {near} does not take new "
+                          f"files ({err.strerror or err}); give another {flag}") from None
 
 
 def model_args(p: argparse.ArgumentParser, head: bool = True) -> None:

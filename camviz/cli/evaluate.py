@@ -20,7 +20,14 @@ import argparse
 import json
 from typing import Any
 
-from camviz.cli.common import data_arg, model_args, open_model, positive_int
+from camviz.cli.common import (
+    check_out_dir,
+    data_arg,
+    model_args,
+    nonnegative_int,
+    open_model,
+    positive_int,
+)
 from camviz.datasets import resolve_metadata
 from camviz.distributed import joined, world
 from camviz.evaluate import evaluate
@@ -81,7 +88,7 @@ def register(sub: Any) -> None:
     model_args(p)
     data_arg(p, "METADATA_DIR[:IMAGE_ROOT]")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N images")
     p.add_argument("--cam-step", type=float, default=0.01, help="CAM threshold step")
     p.add_argument(
         "--threshold",
@@ -89,7 +96,8 @@ def register(sub: Any) -> None:
         default=PAPER_THRESHOLD,
         help="fixed threshold of the CAM paper's numbers",
     )
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="DataLoader worker processes")
     p.add_argument(
         "--faithfulness",
         action="store_true",
@@ -102,7 +110,7 @@ def register(sub: Any) -> None:
                    help="run the network's pass in reduced precision (maps stay float32)")
     p.add_argument("--checkpoint", default=None,
                    help="folder for the partial scores; a rerun with the same arguments resumes")
-    p.add_argument("--checkpoint-every", type=int, default=50,
+    p.add_argument("--checkpoint-every", type=nonnegative_int, default=50,
                    help="write the partial scores every N batches (0: never)")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--curves", action="store_true", help="include accuracy curves in the JSON")
@@ -113,6 +121,8 @@ def register(sub: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``camviz eval``: print the scores of ``--model`` on ``--data`` (under torchrun: every
     rank scores its shard, rank 0 prints)."""
+    if args.checkpoint is not None:
+        check_out_dir(args.checkpoint, "--checkpoint")
     with joined(args.device) as args.device:
         net = open_model(args)
         meta = resolve_metadata(args.data)

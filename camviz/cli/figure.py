@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from camviz import figures  # light: the figure functions load matplotlib on first use
-from camviz.cli.common import model_args, open_model, positive_int, weights_arg
+from camviz.cli.common import check_out_file, model_args, open_model, positive_int, weights_arg
 from camviz.datasets import resolve_data
 from camviz.datasets import resolve_metadata as resolve_eval_data
 from camviz.dissect import dissect
 from camviz.errors import CamvizError
 from camviz.evaluate import evaluate
+from camviz.files import remove_stale_temps
 from camviz.heads import load_head
 from camviz.images import list_images
 from camviz.models import load_model
@@ -83,7 +84,7 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("top-classes", help="an image and the maps of its top-k classes")
     p.add_argument("image", help="an image file")
     model_args(p)
-    p.add_argument("--k", type=int, default=5, help="number of classes (default 5)")
+    p.add_argument("--k", type=positive_int, default=5, help="number of classes (default 5)")
     p.add_argument("--view", choices=("whole", "crop"), default="whole",
                    help="the whole photo (default) or the network's centre crop")
     _common(p)
@@ -93,8 +94,8 @@ def register(sub: Any) -> None:
     model_args(p)
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or a dataset folder")
     p.add_argument("--cls", required=True, help="class name (or index)")
-    p.add_argument("--units", type=int, default=4, help="rows: top units (default 4)")
-    p.add_argument("--images", type=int, default=4, help="top images per unit (default 4)")
+    p.add_argument("--units", type=positive_int, default=4, help="rows: top units (default 4)")
+    p.add_argument("--images", type=positive_int, default=4, help="top images per unit (default 4)")
     p.add_argument("--order", choices=("weight", "contribution"), default="weight")
     p.add_argument("--show", choices=("mask", "map"), default="mask")
     p.add_argument("--level", type=float, default=0.995, help="unit threshold quantile")
@@ -117,8 +118,8 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("localization", help="examples with ground-truth and CAM boxes")
     model_args(p)
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or METADATA_DIR[:IMAGE_ROOT]")
-    p.add_argument("--n", type=int, default=8, help="number of examples (default 8)")
-    p.add_argument("--cols", type=int, default=4)
+    p.add_argument("--n", type=positive_int, default=8, help="number of examples (default 8)")
+    p.add_argument("--cols", type=positive_int, default=4)
     p.add_argument("--threshold", type=float, default=0.2, help="box threshold (x max)")
     _common(p)
     p.set_defaults(func=cmd_localization)
@@ -126,7 +127,7 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("curves", help="box accuracy and pixel precision-recall curves")
     _models(p)
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or METADATA_DIR[:IMAGE_ROOT]")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N images")
     _data_args(p)
     _common(p)
     p.set_defaults(func=cmd_curves)
@@ -139,12 +140,15 @@ def _write(fig: Any, args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """Fail on a bad suffix, width, dpi or colour map before any network runs."""
+    """Fail on a bad suffix, width, dpi, colour map or output path before any network runs;
+    remove what a killed run left beside ``--out``."""
     figures.figure_format(args.out)
+    out = check_out_file(args.out)
     figures.figure_width(args.width)
     figures.colormap(args.cmap)
     if args.dpi <= 0:
         raise CamvizError(f"--dpi must be > 0, got {args.dpi:g}")
+    remove_stale_temps(out.parent, name=out.name, recursive=False)
 
 
 def cmd_top_classes(args: argparse.Namespace) -> int:

@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 
-from camviz.cli.common import positive_int, weights_arg
+from camviz.cli.common import check_out_file, nonnegative_int, positive_int, weights_arg
 from camviz.convert import meta_transform, read_converted, save_converted, to_gap
 from camviz.datasets import resolve_data
 from camviz.errors import CamvizError
+from camviz.files import remove_stale_temps
 from camviz.finetune import dataset_classes, fine_tune
+from camviz.gapnet import resolve_device
 from camviz.sources import load_source
 
 _SETTINGS = ("batch_size", "optimizer", "momentum", "weight_decay", "new_lr_mult", "warmup",
@@ -54,7 +56,7 @@ def register(sub: Any) -> None:
                    help="weights name, DEFAULT, or none for random weights")
     p.add_argument("--to-gap", action="store_true",
                    help="convert first (the CAM paper's recipe; MobileNetV3: head moved)")
-    p.add_argument("--width", type=int, default=1024, help="units of the new conv layer")
+    p.add_argument("--width", type=positive_int, default=1024, help="units of the new conv layer")
     p.add_argument("--data", required=True, help="demo:SPLIT[:N] or a labelled dataset folder")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint", default=None, help="resume file (default: OUT.ckpt)")
@@ -70,10 +72,11 @@ def register(sub: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--freeze-epochs", type=int, default=0,
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None)
+    p.add_argument("--freeze-epochs", type=nonnegative_int, default=0,
                    help="first epochs that train the new layers only")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fine_tune)
@@ -81,6 +84,11 @@ def register(sub: Any) -> None:
 
 def cmd_fine_tune(args: argparse.Namespace) -> int:
     """``camviz fine-tune``: convert (``--to-gap``), fine-tune, write ``--out``."""
+    out = check_out_file(args.out)
+    ckpt = check_out_file(args.checkpoint or out.with_name(out.name + ".ckpt"), "--checkpoint")
+    resolve_device(args.device)  # a bad --device fails here, not after converting
+    for f in (out, ckpt):
+        remove_stale_temps(f.parent, name=f.name, recursive=False)
     src, model, origin = None, None, {"model": args.model, "weights": args.weights}
     if args.model.endswith(".safetensors") or Path(args.model).is_file():
         if args.to_gap:
@@ -105,8 +113,6 @@ def cmd_fine_tune(args: argparse.Namespace) -> int:
     elif model.fc.out_features != len(classes):
         raise CamvizError(f"{args.model} has {model.fc.out_features} classes, {args.data} has "
                           f"{len(classes)}; convert the original network again with --to-gap")
-    out = Path(args.out)
-    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".ckpt")
     settings = {k: getattr(args, k) for k in _SETTINGS}
     net = fine_tune(model, data, epochs=args.epochs, lr=args.lr, classes=classes,
                     transform=transform, checkpoint=ckpt, device=args.device,

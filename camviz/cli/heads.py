@@ -16,12 +16,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from camviz.cli.common import data_arg, model_args, open_model, positive_int
+from camviz.cli.common import (
+    check_out_file,
+    data_arg,
+    model_args,
+    nonnegative_int,
+    open_model,
+    positive_int,
+)
 from camviz.datasets import resolve_data
-from camviz.errors import CamvizError
+from camviz.files import remove_stale_temps
 from camviz.heads import LOSSES, fit_head_details
 
 __all__ = ["register", "cmd_fit_head"]
@@ -59,7 +65,8 @@ def register(sub: Any) -> None:
                    help="fraction of each class held out to choose --l2 (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="DataLoader worker processes")
     p.add_argument("--no-cache", action="store_true",
                    help="do not read or write the pooled-feature cache")
     p.add_argument("--no-progress", action="store_true")
@@ -68,9 +75,8 @@ def register(sub: Any) -> None:
 
 def cmd_fit_head(args: argparse.Namespace) -> int:
     """``camviz fit-head``: fit, print the held-out accuracy, write ``--out``."""
-    out = Path(args.out)
-    if out.is_dir():
-        raise CamvizError(f"--out {out} is a folder; give the head file to write")
+    out = check_out_file(args.out)
+    remove_stale_temps(out.parent, name=out.name, recursive=False)
     net = open_model(args)
     data = resolve_data(args.data, net.transform, need="labels")
     r = fit_head_details(net, data, loss=args.loss, l2=args.l2, holdout=args.holdout,

@@ -25,11 +25,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from camviz.cli.common import data_arg, model_args, open_model, positive_int
+from camviz.cli.common import (
+    check_out_dir,
+    check_out_file,
+    data_arg,
+    model_args,
+    nonnegative_int,
+    open_model,
+    positive_int,
+)
 from camviz.datasets import resolve_data
 from camviz.dissect import dissect
 from camviz.distributed import joined, world
-from camviz.files import save_image, write_text
+from camviz.files import remove_stale_temps, save_image, write_text
 from camviz.galleries import class_gallery
 from camviz.gapnet import GapNet
 from camviz.runner import safe_name
@@ -42,7 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     model_args(p)
     data_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="DataLoader worker processes")
     p.add_argument("--top-n", type=positive_int, default=16, help="top images kept per unit")
     p.add_argument("--level", type=float, default=0.995,
                    help="quantile level of the unit thresholds (Network Dissection: 0.995)")
@@ -50,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="folder for the scan's partial state (default: OUT.partial); a rerun "
                    "with the same arguments resumes from it")
-    p.add_argument("--checkpoint-every", type=int, default=50,
+    p.add_argument("--checkpoint-every", type=nonnegative_int, default=50,
                    help="write the partial state every N batches (0: never)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -73,9 +82,10 @@ def register(sub: Any) -> None:
     _common(d)
     d.add_argument("--stats", help="a scan file to use instead of scanning --data")
     d.add_argument("--iou", type=float, default=0.04, help="IoU that makes a part detector")
-    d.add_argument("--top-k", type=int, default=5, help="top units per class in the summary")
+    d.add_argument("--top-k", type=positive_int, default=5,
+                   help="top units per class in the summary")
     d.add_argument("--galleries", action="store_true", help="write one PNG per class")
-    d.add_argument("--mask-size", type=int, default=None,
+    d.add_argument("--mask-size", type=positive_int, default=None,
                    help="compare unit and part masks at this size (default: the input size)")
     d.add_argument("--out", required=True, help="output folder (created)")
     d.set_defaults(func=cmd_dissect)
@@ -104,10 +114,13 @@ def failures(what: str, failed: list[Any]) -> str:
 def cmd_scan(args: argparse.Namespace) -> int:
     """``camviz scan``: write the UnitStats of ``--model`` over ``--data`` to ``--out``
     (under torchrun: every rank scans its shard, rank 0 writes)."""
+    target = check_out_file(args.out)
+    partial = check_out_dir(args.checkpoint or f"{args.out}.partial", "--checkpoint")
+    remove_stale_temps(target.parent, name=target.name, recursive=False)
     with joined(args.device) as args.device:
         net = open_model(args)
         data = resolve_data(args.data, net.transform)
-        stats = _scan(args, net, data, Path(f"{args.out}.partial"))
+        stats = _scan(args, net, data, partial)
         if world()[0] != 0:
             return 0
         out = stats.save(args.out)
@@ -127,11 +140,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_dissect(args: argparse.Namespace) -> int:
     """``camviz dissect``: unit/part IoU report (JSON + Markdown) and optional galleries
     (under torchrun: every rank dissects its shard, rank 0 writes)."""
+    out = check_out_dir(args.out)
+    partial = out / "scan.partial"
+    if not args.stats:
+        partial = check_out_dir(args.checkpoint or partial, "--checkpoint")
+    remove_stale_temps(out, recursive=False)  # OUT is dissect's own: its files' leftovers
     with joined(args.device) as args.device:
         net = open_model(args)
         data = resolve_data(args.data, net.transform, need="parts")
         stats = (UnitStats.load(args.stats, device=net.device) if args.stats
-                 else _scan(args, net, data, Path(args.out) / "scan.partial"))
+                 else _scan(args, net, data, partial))
         d = dissect(net, data, stats, level=args.level, iou_threshold=args.iou,
                     batch_size=args.batch_size, num_workers=args.workers,
                     progress=not args.no_progress, mask_size=args.mask_size)

@@ -40,7 +40,7 @@ from safetensors.torch import save as st_save
 from torch import nn  # noqa: F401  (the examples)
 from torch.utils.data import Dataset, Subset
 
-from camviz.datasets import Prepared, SkipBad, as_item, item_name, read_classes
+from camviz.datasets import Numbered, Prepared, SkipBad, item_name, read_classes
 from camviz.errors import CamvizError, DatasetError, HeadError
 from camviz.files import store_in_cache, writable_cache, write_bytes
 from camviz.gapnet import GapNet, trunk_fingerprint
@@ -118,19 +118,6 @@ def dataset_classes(dataset: Any) -> list[str] | None:
     return dataset_classes(inner) if inner is not None else None
 
 
-class _Positions(Dataset):
-    """Items as dicts that carry their dataset position (``"position"``): which rows are which."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**as_item(self.dataset[i]), "position": i}
-
-
 def _head_input(net: GapNet, pooled: Tensor) -> Tensor:
     """What the head's Linear reads: the pooled features, after a post-pooling LayerNorm's affine
     (the normalisation itself is already in the features, see :class:`GapNet`)."""
@@ -192,7 +179,7 @@ def pool_features(
         except CamvizError:
             pass  # a damaged cache entry is recomputed and replaced
     transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone
-    loader = make_loader(SkipBad(Prepared(_Positions(dataset), transform),
+    loader = make_loader(SkipBad(Prepared(Numbered(dataset), transform),
                                  describe=partial(item_name, dataset)),
                          transform, batch_size, num_workers, pin_memory=net.device.type == "cuda")
     feats, labels, index, failed = [], [], [], []

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camviz.checkpoints import Checkpoint
-from camviz.datasets import Prepared, SkipBad, as_item, collate, item_name
+from camviz.datasets import Numbered, Prepared, SkipBad, collate, item_name
 from camviz.distributed import (
     Heartbeat,
     broadcast_bytes,
@@ -119,21 +119,6 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
-
-
-class _Numbered(Dataset):
-    """Items as dicts that carry their dataset index (``"position"``), for global top-k."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = as_item(self.dataset[i])
-        item["position"] = i
-        return item
 
 
 # ---------------------------------------------------------------------------------- the pass
@@ -208,7 +193,7 @@ def _scan_shard(net: GapNet, dataset: Any, items: range, stats: UnitStats, autoc
     todo = range(items.start + done, items.stop)
     hb.start(-(-len(todo) // batch_size))
     transform = getattr(net, "transform", None)  # applied per item: a refused image fails alone
-    loader = make_loader(Subset(SkipBad(Prepared(_Numbered(dataset), transform), describe=name),
+    loader = make_loader(Subset(SkipBad(Prepared(Numbered(dataset), transform), describe=name),
                                 todo), transform, batch_size, num_workers,
                          pin_memory=net.device.type == "cuda")
     bar = _bar(progress, len(items), done)

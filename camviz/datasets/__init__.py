@@ -15,6 +15,7 @@ Example:
 
 from camviz.datasets.batches import (
     ITEM_FAILURES,
+    Numbered,
     Prepared,
     SkipBad,
     as_item,
@@ -38,6 +39,7 @@ __all__ = [
     "ImageFiles",
     "ImageFolder",
     "PartsFolder",
+    "Numbered",
     "Prepared",
     "SkipBad",
     "WsolDataset",

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset, Subset
 from camviz.errors import CamvizError, DatasetError, ImageError
 from camviz.images import Preprocess, to_batch
 
-__all__ = ["as_item", "collate", "Prepared", "SkipBad", "ITEM_FAILURES", "item_name"]
+__all__ = ["as_item", "collate", "Numbered", "Prepared", "SkipBad", "ITEM_FAILURES",
+           "item_name"]
 
 #: What reading one dataset item may raise that makes that item, not the job, fail: camviz's
 #: own errors, files that cannot be read, malformed contents, decompression bombs.
@@ -144,6 +145,25 @@ class _Failed:
 
     def __init__(self, index: int, message: str) -> None:
         self.reason = (index, message)
+
+
+class Numbered(Dataset):
+    """A dataset whose items are dicts (:func:`as_item`) that carry their dataset position
+    (``"position"``), so a pass over a subset or a shard knows which rows are which.
+
+    Example:
+        >>> Numbered([torch.zeros(3, 1, 1)] * 2)[1]["position"]
+        1
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**as_item(self.dataset[i]), "position": i}
 
 
 class Prepared(Dataset):
